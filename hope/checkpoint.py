@@ -1,0 +1,142 @@
+"""Checkpoints that a crash cannot corrupt.
+
+A checkpoint is a folder `RUN/checkpoints/step-NNNNNNN/` holding `model.safetensors` (weights),
+`trainer.pt` (optimizer and RNG state) and `state.json` (step and counters), plus `manifest.json`
+with each file's size and SHA-256. It is written under a temporary name, flushed to disk, renamed
+into place, and only then named in `RUN/checkpoints/latest` (itself replaced atomically). Loading
+verifies the manifest, so a truncated or damaged file is reported by name instead of half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from hope.errors import HopeError
+
+KEEP = 2  # checkpoints kept per run (the newest ones)
+
+
+def atomic_write_text(path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict) -> Path:
+    """Write a checkpoint for `step` and point `latest` at it. Returns its folder."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = root / f".{name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    files = ("model.safetensors", "trainer.pt", "state.json")
+    manifest = {}
+    for f in files:
+        _fsync(tmp / f)
+        manifest[f] = {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+    atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise HopeError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Check every file against the manifest; return state.json's content."""
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise HopeError(f"checkpoint {path} is incomplete: {manifest_path.name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HopeError(f"corrupt checkpoint file {manifest_path}") from None
+    for name, want in manifest.items():
+        f = path / name
+        if not f.exists():
+            raise HopeError(f"checkpoint file {f} is missing")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise HopeError(f"corrupt checkpoint file {f}: {size} bytes, expected {want['bytes']} (truncated?)")
+        if _sha256(f) != want["sha256"]:
+            raise HopeError(f"corrupt checkpoint file {f}: checksum mismatch")
+    return json.loads((path / "state.json").read_text())
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    f = path / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(f), strict=False)
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise HopeError(f"corrupt checkpoint file {f}: {e}") from None
+    if missing or unexpected:
+        raise HopeError(f"checkpoint file {f} does not match the model: missing {sorted(missing)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]}")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Load weights (and optimizer + RNG state when `optimizer` is given). Returns state.json."""
+    state = verify_checkpoint(path)
+    load_weights(path, model)
+    if optimizer is not None:
+        f = path / "trainer.pt"
+        try:
+            blob = torch.load(f, map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(blob["optimizer"])
+        except HopeError:
+            raise
+        except Exception as e:
+            raise HopeError(f"corrupt checkpoint file {f}: {e}") from None
+        torch.set_rng_state(blob["rng"]["torch"])
+        if "cuda" in blob["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+    return state

@@ -1,0 +1,156 @@
+"""The `hope` command: subcommands mapped to plain functions.
+
+    hope train [--recipe tiny] [--set train.steps=500 model.d_model=256] [--data PATH] [--out DIR]
+    hope generate --run DIR --prompt "..." [--max-new-tokens 200 --temperature 0.8 --top-k 50]
+    hope info DIR
+
+Every user error (`HopeError`) is printed as one line `error: ...` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hope.errors import HopeError
+
+
+def cmd_train(args) -> int:
+    from hope.config import Config, apply_overrides
+    from hope.recipes import get_recipe
+    from hope.train import train
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.corpus={args.data}")
+    out = Path(args.out or f"runs/{args.recipe}")
+    if args.resume:
+        if args.overwrite:
+            raise HopeError("--resume and --overwrite exclude each other")
+        if not (out / "config.json").exists():
+            raise HopeError(f"cannot resume: {out} holds no run (config.json is missing)")
+        bad = [o for o in overrides if not o.startswith("train.")]
+        if bad:
+            raise HopeError(f"only train.* keys may change when resuming; got {bad[0]!r}")
+        cfg = apply_overrides(Config.load(out / "config.json"), overrides)
+    else:
+        cfg = apply_overrides(get_recipe(args.recipe), overrides)
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    return 130 if result.get("interrupted") else 0
+
+
+def _load_run(run: Path, device: str = "cpu"):
+    """Config, model with the latest weights, and tokenizer of a run folder."""
+    import torch
+
+    from hope.checkpoint import latest_checkpoint, load_checkpoint
+    from hope.config import Config
+    from hope.data.tokenizer import load_tokenizer
+    from hope.models import build_model
+
+    if not run.is_dir():
+        raise HopeError(f"run folder {run} does not exist")
+    cfg = Config.load(run / "config.json")
+    tokenizer = load_tokenizer(run / "tokenizer.json")
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise HopeError(f"run folder {run} has no checkpoint yet")
+    model = build_model(cfg.arch, cfg.model)
+    load_checkpoint(ckpt, model)
+    return cfg, model.to(torch.device(device)), tokenizer, ckpt
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from hope.generate import generate
+
+    cfg, model, tokenizer, _ = _load_run(Path(args.run), args.device)
+    if args.max_new_tokens < 0:
+        raise HopeError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    ids = [tokenizer.eos_id] + tokenizer.encode(args.prompt)
+    prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen)
+    for i, row in enumerate(out.cpu()):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(tokenizer.decode(row[1:].tolist()))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from hope.train import count_parameters
+
+    run = Path(args.run)
+    cfg, model, tokenizer, ckpt = _load_run(run)
+    params = count_parameters(model)
+    print(f"run:         {run}")
+    print(f"arch:        {cfg.arch}")
+    print(f"parameters:  {params['total']:,} ({params['non_embedding']:,} non-embedding)")
+    print(f"tokenizer:   {tokenizer.kind}, vocabulary {tokenizer.vocab_size}")
+    print(f"checkpoint:  {ckpt.name}")
+    records = []
+    if (run / "metrics.jsonl").exists():
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last_train = next((r for r in reversed(records) if "loss" in r), None)
+    last_val = next((r for r in reversed(records) if "val_loss" in r), None)
+    if last_train:
+        print(f"last train:  step {last_train['step']}, loss {last_train['loss']:.4f}, "
+              f"{last_train['tokens']:,} tokens, {last_train['tokens_per_s']:,.0f} tokens/s")
+    if last_val:
+        print(f"last val:    step {last_val['step']}, loss {last_val['val_loss']:.4f}, "
+              f"ppl {last_val['val_ppl']:.2f}, bpb {last_val['val_bpb']:.4f}")
+    print("config:")
+    print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hope", description="Nested Learning and the Hope architecture.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a language model", description="Train a model from a named recipe.")
+    p.add_argument("--recipe", default="tiny", help="named recipe (debug, tiny, small, base); default tiny")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set model.d_model=256 train.steps=500")
+    p.add_argument("--data", default=None, help="a UTF-8 text file or folder (default: the embedded Shakespeare)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<recipe>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample text from a trained run", description="Sample text from a run.")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 = no top-k filter")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="describe a run folder", description="Config, parameter count, last metrics.")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HopeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Run configuration: typed dataclasses, dotted overrides, JSON round trip.
+
+A run is described by a `Config`: the architecture name, that architecture's own config dataclass
+(defined at the top of its file in `hope/models/`), a `TrainConfig` and a `DataConfig`. Recipes in
+`hope/recipes.py` return complete configs; `apply_overrides` changes fields from `--set` strings such
+as `model.d_model=256 train.steps=500`, coercing each value to the field's type and rejecting
+unknown keys with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hope.errors import HopeError
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Token budget per optimizer step = batch_size * grad_accum * seq_len * world size."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # sequences per micro-step per process
+    grad_accum: int = 1  # micro-steps per optimizer step
+    seq_len: int = 256  # tokens per training sequence
+    optimizer: str = "adamw"  # see hope.optim.OPTIMIZER_NAMES
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warmup from 0
+    weight_decay: float = 0.1  # decoupled, matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    eval_every: int = 100  # validate every this many steps (and at the end)
+    eval_tokens: int = 65536  # validation tokens per evaluation (fixed windows)
+    ckpt_every: int = 200  # checkpoint every this many steps (and at the end, and on Ctrl-C)
+    log_every: int = 10  # write a training record to metrics.jsonl every this many steps
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16 | float64
+    compile: bool = False  # torch.compile the model
+    sample_tokens: int = 120  # tokens per sampled line at the end (0: no samples)
+    num_samples: int = 3
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_tokens",
+                  "ckpt_every", "log_every")
+        _nonnegative(self, "warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "num_samples", "threads")
+        if not self.lr > 0:
+            raise HopeError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise HopeError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise HopeError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float64"):
+            raise HopeError(f"train.dtype must be one of auto, float32, bfloat16, float64; got {self.dtype!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise HopeError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        from hope.optim import OPTIMIZER_NAMES
+
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise HopeError(f"train.optimizer must be one of {', '.join(OPTIMIZER_NAMES)}; got {self.optimizer!r}")
+
+
+@dataclass
+class DataConfig:
+    """What to train on."""
+
+    corpus: str = "shakespeare"  # "shakespeare" (embedded) or a path to a UTF-8 text file or folder
+    tokenizer: str = "bpe"  # bpe (trained on the training split) | bytes | gpt2
+    vocab_size: int = 8192  # for tokenizer=bpe
+    val_fraction: float = 0.1  # share of works (files) held out; a single file splits by text
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in ("bpe", "bytes", "gpt2"):
+            raise HopeError(f"data.tokenizer must be one of bpe, bytes, gpt2; got {self.tokenizer!r}")
+        if not 260 <= self.vocab_size <= 65535:
+            raise HopeError(f"data.vocab_size must be in [260, 65535], got {self.vocab_size}")
+        if not 0 < self.val_fraction < 1:
+            raise HopeError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class Config:
+    """A complete run: `arch` names an entry of `hope.models.MODELS`; `model` is its config."""
+
+    arch: str
+    model: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        max_len = getattr(self.model, "max_seq_len", None)
+        if max_len is not None and self.train.seq_len > max_len:
+            raise HopeError(
+                f"train.seq_len={self.train.seq_len} is larger than model.max_seq_len={max_len}, "
+                "the longest sequence the model supports"
+            )
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train), "data": dataclasses.asdict(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        from hope.models import get_model_class
+
+        model_cls = get_model_class(d["arch"])
+        return cls(arch=d["arch"], model=_build(model_cls.config_class, d.get("model", {}), "model"),
+                   train=_build(TrainConfig, d.get("train", {}), "train"),
+                   data=_build(DataConfig, d.get("data", {}), "data"))
+
+    def save(self, path) -> None:
+        from hope.checkpoint import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "Config":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise HopeError(f"no config file at {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HopeError(f"corrupt config file {path}: {e}") from None
+        if not isinstance(d, dict) or "arch" not in d:
+            raise HopeError(f"corrupt config file {path}: no 'arch' key")
+        return cls.from_dict(d)
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise HopeError(f"{_section(obj)}.{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _nonnegative(obj, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise HopeError(f"{_section(obj)}.{name} must be >= 0, got {getattr(obj, name)}")
+
+
+def _section(obj) -> str:
+    return {"TrainConfig": "train", "DataConfig": "data"}.get(type(obj).__name__, "model")
+
+
+def _build(cls, values: dict, section: str):
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise HopeError(f"unknown key {section}.{unknown[0]}; valid keys: " + ", ".join(f"{section}.{v}" for v in sorted(valid)))
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Coerce `value` (a string from the command line, or a JSON value) to the annotated type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise HopeError(f"{key} expects a comma-separated list, got {value!r}")
+        inner = typing.get_args(typ)
+        elem = inner[0] if inner else str
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, elem, key) for v in value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise HopeError(f"{key} expects true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise HopeError(f"{key} expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise HopeError(f"{key} expects an integer, got {value!r}") from None
+        if not f.is_integer():
+            raise HopeError(f"{key} expects an integer, got {value!r}")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise HopeError(f"{key} expects a number, got {value!r}") from None
+    if typ is str:
+        return str(value)
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a new `Config` with `section.key=value` overrides applied and validated.
+
+    Args:
+        cfg: the base config (from a recipe or a run folder).
+        overrides: strings like `"model.d_model=256"`, `"train.steps=500"`.
+    Returns:
+        a new, validated Config. Raises HopeError naming the bad key or value.
+    """
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise HopeError(f"override {item!r} must look like section.key=value (e.g. train.steps=500)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key == "arch":
+            raise HopeError("the architecture is chosen with --recipe, not overridden")
+        section, _, name = key.partition(".")
+        if section not in ("model", "train", "data") or not name:
+            raise HopeError(f"unknown key {key!r}; keys look like model.<name>, train.<name> or data.<name>")
+        if name not in d[section]:
+            valid = ", ".join(f"{section}.{k}" for k in sorted(d[section]))
+            raise HopeError(f"unknown key {key}; valid keys: {valid}")
+        d[section][name] = value
+    return Config.from_dict(d)

@@ -1,0 +1,103 @@
+"""Text corpora as lists of documents, split into train and validation by document.
+
+The default corpus is Shakespeare, embedded in the package (`hope/data/corpus/`, see SOURCE.md
+there). `--data PATH` takes any UTF-8 text file or folder of `.txt`/`.md`/... files. Splits are
+deterministic: documents sorted by name, every k-th one held out (k = round(1 / val_fraction)); a
+corpus with a single document is split by text, its last `val_fraction` going to validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hope.errors import HopeError
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".tex", ".py", ".json", ".jsonl", ".csv", ".html", "")
+
+
+@dataclass
+class Corpus:
+    """Documents of one corpus, split. `digest` identifies the content (cache key)."""
+
+    name: str
+    train: list[str]
+    val: list[str]
+    digest: str
+
+
+def _split(names: list[str], texts: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    if len(texts) == 1:
+        text = texts[0]
+        cut = int(len(text) * (1 - val_fraction))
+        nl = text.rfind("\n", 0, cut)
+        cut = nl + 1 if nl > 0 else cut
+        if cut <= 0 or cut >= len(text):
+            raise HopeError("the corpus is too short to split into train and validation")
+        return [text[:cut]], [text[cut:]]
+    every = max(2, round(1 / val_fraction))
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    val_idx = {order[i] for i in range(every // 2, len(order), every)} or {order[-1]}
+    train = [texts[i] for i in order if i not in val_idx]
+    val = [texts[i] for i in order if i in val_idx]
+    return train, val
+
+
+def load_shakespeare(val_fraction: float = 0.1) -> Corpus:
+    """The embedded Shakespeare corpus (42 works), split by work."""
+    raw = resources.files("hope.data").joinpath("corpus/shakespeare.jsonl.xz").read_bytes()
+    records = [json.loads(line) for line in lzma.decompress(raw).decode("utf-8").splitlines() if line.strip()]
+    names = [r["title"] for r in records]
+    texts = [r["text"] for r in records]
+    train, val = _split(names, texts, val_fraction)
+    digest = hashlib.sha256(raw + f"|{val_fraction}".encode()).hexdigest()[:16]
+    return Corpus("shakespeare", train, val, digest)
+
+
+def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
+    """A UTF-8 text file, or every text file under a folder (recursively), split by file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise HopeError(f"data path {p} does not exist")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise HopeError(f"data folder {p} holds no text files ({', '.join(s for s in TEXT_SUFFIXES if s)})")
+    else:
+        files = [p]
+    names, texts = [], []
+    h = hashlib.sha256()
+    for f in files:
+        data = f.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise HopeError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if "\x00" in text:
+            raise HopeError(f"{f} looks binary (contains NUL bytes), not text")
+        if not text.strip():
+            continue
+        rel = str(f.relative_to(p)) if p.is_dir() else f.name
+        names.append(rel)
+        texts.append(text)
+        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    if not texts:
+        raise HopeError(f"data path {p} holds no text (all files are empty)")
+    if sum(len(t) for t in texts) < 1000:
+        raise HopeError(f"data path {p} holds only {sum(len(t) for t in texts)} characters; need at least 1000")
+    train, val = _split(names, texts, val_fraction)
+    h.update(f"|{val_fraction}".encode())
+    return Corpus(p.name, train, val, h.hexdigest()[:16])
+
+
+def load_corpus(spec: str, val_fraction: float = 0.1) -> Corpus:
+    """`spec` is "shakespeare" or a path."""
+    if spec == "shakespeare":
+        return load_shakespeare(val_fraction)
+    return load_path(spec, val_fraction)

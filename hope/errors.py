@@ -1,0 +1,10 @@
+"""The one exception the CLI turns into a one-line message and a non-zero exit.
+
+Everything a user can get wrong (a config key, a path, a corrupt checkpoint, a length the model
+cannot take) raises `HopeError` with a message that names the culprit; `hope.cli` prints it as
+`error: ...` and exits with status 2, never with a traceback.
+"""
+
+
+class HopeError(Exception):
+    """A user-facing error: bad input, bad config, unreadable files."""

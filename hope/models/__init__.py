@@ -1,0 +1,32 @@
+"""Model registry. Every model follows one protocol (SPEC 4.4):
+
+* `Model(config)`, with `Model.config_class` the config dataclass at the top of its file;
+* `forward(tokens [B, T] int64, state=None) -> (logits [B, T, V], state)`: `state` carries whatever
+  the model needs to continue the sequence (a KV cache, in-context memories); feeding a sequence in
+  pieces with the state carried equals feeding it whole;
+* `init_state(batch_size) -> state`;
+* `max_seq_len`: the longest sequence (prompt plus generation) the model can take, or None.
+"""
+
+from __future__ import annotations
+
+from hope.errors import HopeError
+from hope.models.transformer import Transformer, TransformerConfig
+
+MODELS = {
+    "transformer": Transformer,
+}
+
+
+def get_model_class(arch: str):
+    try:
+        return MODELS[arch]
+    except KeyError:
+        raise HopeError(f"unknown architecture {arch!r}; available: {', '.join(sorted(MODELS))}") from None
+
+
+def build_model(arch: str, config):
+    return get_model_class(arch)(config)
+
+
+__all__ = ["MODELS", "Transformer", "TransformerConfig", "build_model", "get_model_class"]

@@ -1,0 +1,64 @@
+"""Named recipes: functions that return a complete `Config`.
+
+`debug` runs in seconds on a CPU (tests use it); `tiny` is the default, a few million parameters
+that train on 2 CPU cores in under ten minutes; `small` and `base` are sized for one GPU. A variant
+calls its base and changes what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hope.config import Config, DataConfig, TrainConfig
+from hope.errors import HopeError
+from hope.models.transformer import TransformerConfig
+
+
+def debug() -> Config:
+    """A 2-layer, 64-wide Transformer on raw bytes: about 30 s on a laptop CPU."""
+    return Config(
+        arch="transformer",
+        model=TransformerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2, max_seq_len=256),
+        train=TrainConfig(steps=60, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=6, eval_every=30,
+                          eval_tokens=8192, ckpt_every=30, log_every=1, sample_tokens=60, num_samples=2),
+        data=DataConfig(tokenizer="bytes"),
+    )
+
+
+def tiny() -> Config:
+    """The default: a ~4M-parameter Transformer++ with an 8K BPE, about 8 minutes on 2 CPU cores."""
+    return Config(
+        arch="transformer",
+        model=TransformerConfig(d_model=192, n_layers=4, n_heads=4, max_seq_len=1024),
+        train=TrainConfig(steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=40, eval_every=200,
+                          eval_tokens=32768, ckpt_every=200, log_every=10),
+        data=DataConfig(tokenizer="bpe", vocab_size=8192),
+    )
+
+
+def small() -> Config:
+    """~30M parameters, for one GPU (minutes on an H100)."""
+    return Config(
+        arch="transformer",
+        model=TransformerConfig(d_model=512, n_layers=8, n_heads=8, max_seq_len=2048),
+        train=TrainConfig(steps=5000, batch_size=32, seq_len=1024, lr=1.5e-3, warmup_steps=250,
+                          eval_every=500, eval_tokens=262144, ckpt_every=1000, log_every=20),
+        data=DataConfig(tokenizer="bpe", vocab_size=8192),
+    )
+
+
+def base() -> Config:
+    """~90M parameters (d 768, 12 layers), for one GPU."""
+    cfg = small()
+    return replace(cfg, model=TransformerConfig(d_model=768, n_layers=12, n_heads=12, max_seq_len=4096),
+                   train=replace(cfg.train, steps=20000, batch_size=16, seq_len=2048, lr=1e-3, warmup_steps=1000))
+
+
+RECIPES = {"debug": debug, "tiny": tiny, "small": small, "base": base}
+
+
+def get_recipe(name: str) -> Config:
+    try:
+        return RECIPES[name]()
+    except KeyError:
+        raise HopeError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}") from None

@@ -1,0 +1,22 @@
+"""Shared fixtures: a per-session cache folder so token files are encoded once per test run."""
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hope_cache(tmp_path_factory):
+    old = os.environ.get("HOPE_CACHE")
+    os.environ["HOPE_CACHE"] = str(tmp_path_factory.mktemp("hope-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HOPE_CACHE", None)
+    else:
+        os.environ["HOPE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,57 @@
+import pytest
+
+from hope.config import Config, apply_overrides
+from hope.errors import HopeError
+from hope.recipes import RECIPES, get_recipe
+
+
+def test_override_coerces_types():
+    cfg = apply_overrides(get_recipe("debug"), ["model.d_model=128", "train.lr=1e-3", "train.compile=true"])
+    assert cfg.model.d_model == 128 and isinstance(cfg.model.d_model, int)
+    assert cfg.train.lr == 1e-3
+    assert cfg.train.compile is True
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(HopeError, match=r"unknown key train\.stepz; valid keys: .*train\.steps"):
+        apply_overrides(get_recipe("debug"), ["train.stepz=3"])
+    with pytest.raises(HopeError, match="unknown key"):
+        apply_overrides(get_recipe("debug"), ["optim.lr=3"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(HopeError, match=r"train\.steps expects an integer, got 'many'"):
+        apply_overrides(get_recipe("debug"), ["train.steps=many"])
+    with pytest.raises(HopeError, match=r"train\.compile expects true or false"):
+        apply_overrides(get_recipe("debug"), ["train.compile=maybe"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lr=-1", r"train\.lr must be > 0"),
+    ("train.steps=0", r"train\.steps must be > 0"),
+    ("model.n_heads=3", r"divisible by model\.n_heads"),
+    ("data.tokenizer=words", r"data\.tokenizer must be one of"),
+    ("train.optimizer=sgd9", r"train\.optimizer must be one of"),
+    ("train.seq_len=4096", r"larger than model\.max_seq_len"),
+], ids=["negative-lr", "zero-steps", "heads", "tokenizer", "optimizer", "seq-len"])
+def test_out_of_range(override, message):
+    with pytest.raises(HopeError, match=message):
+        apply_overrides(get_recipe("debug"), [override])
+
+
+def test_malformed_override():
+    with pytest.raises(HopeError, match="section.key=value"):
+        apply_overrides(get_recipe("debug"), ["train.steps"])
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipes_round_trip(name, tmp_path):
+    cfg = get_recipe(name)
+    cfg.save(tmp_path / "config.json")
+    assert Config.load(tmp_path / "config.json") == cfg
+
+
+def test_corrupt_config_file(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(HopeError, match="corrupt config file"):
+        Config.load(tmp_path / "config.json")
