@@ -1,0 +1,84 @@
+"""Token-by-token reference of the inner learning rule on a linear memory (SPEC sections 2, 3).
+
+`M(x) = W x` per head with `W: [D_out, D_in]`, trained in context by the general rule of SPEC
+section 3 (paper Eq. 88 with Titans momentum), materializing `W_t` after every token. This is the
+ground truth that `chunk.py` must equal; it favours transcription over speed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from hope.ops.utils import LinearMemoryState, check_inputs, check_pos, expand_state
+
+
+def naive_recurrent_linear_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: Optional[LinearMemoryState] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    dgd: bool = True,
+    objective: str = "l2",
+):
+    """Run the inner rule token by token on a linear memory.
+
+    Args:
+        q: [B, T, H, D] queries (read after the token's write).
+        k: [B, T, H, D] keys.
+        v: [B, T, H, D] values (targets).
+        eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys.
+        alpha: [B, T, H] retention in (0, 1]; 1 keeps everything.
+        beta: [B, T, H] momentum in [0, 1); 0 disables momentum.
+        initial_state: LinearMemoryState with W, S broadcastable to [B, H, D, D] (e.g. a
+            meta-learned [H, D, D]); S may be None. None means W = 0, S = 0. A state returned
+            by a previous call resumes it exactly, also in the middle of a chunk.
+        output_final_state: return the state after the last token.
+        chunk_size: C, the mini-batch: gradients of tokens in [nC, (n+1)C) are taken at the
+            state after token nC - 1 (counted from the start of this call).
+        dgd: apply the Delta Gradient Descent factor `alpha I - eta k k^T` (else `alpha I`).
+        objective: "l2" (`1/2 ||W k - v||^2`) or "dot" (`-<W k, v>`).
+
+    Returns:
+        o: [B, T, H, D] reads `o_t = W_t q_t`.
+        final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
+            when the call ends on a chunk boundary), or None.
+    """
+    B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    st = initial_state if initial_state is not None else LinearMemoryState(None)
+    pos = check_pos(st.pos, chunk_size, st.W_chunk is not None)
+    W = expand_state(st.W, (B, H, D, D), q)
+    S = expand_state(st.S, (B, H, D, D), q)
+    W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else W
+    outs = []
+    for t in range(T):
+        if (pos + t) % chunk_size == 0:
+            W0 = W                                               # chunk-start state Theta_{c(t)}
+        k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]                # [B, H, D]
+        eta_t, alpha_t, beta_t = (x[:, t, :, None, None] for x in (eta, alpha, beta))
+        # g_t = grad_W l(W0; k_t, v_t) = u_t k_t^T
+        if objective == "l2":
+            u_t = torch.einsum("bhij,bhj->bhi", W0, k_t) - v_t   # W0 k_t - v_t
+        else:
+            u_t = -v_t
+        g_t = u_t[..., :, None] * k_t[..., None, :]
+        # S_t = beta_t S_{t-1} - eta_t g_t
+        S = beta_t * S - eta_t * g_t
+        # W_t = W_{t-1} A_t + S_t, A_t = alpha_t I - eta_t k_t k_t^T (DGD) or alpha_t I
+        WA = alpha_t * W
+        if dgd:
+            Wk = torch.einsum("bhij,bhj->bhi", W, k_t)
+            WA = WA - eta_t * Wk[..., :, None] * k_t[..., None, :]
+        W = WA + S
+        # o_t = W_t q_t
+        outs.append(torch.einsum("bhij,bhj->bhi", W, q_t))
+    o = torch.stack(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+    pos_end = (pos + T) % chunk_size
+    final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)
+    return o, (final if output_final_state else None)

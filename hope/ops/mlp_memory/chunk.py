@@ -1,0 +1,113 @@
+"""Chunk-parallel inner learning rule on an MLP memory (SPEC section 3; derivation in README.md).
+
+`M(x) = x + W1 sigma(W2 x)`. Per chunk the read is two chained linear-memory reads: W2 (a keyed
+layer with DGD, operators built for all chunks at once, see `hope/ops/utils.py`) read with q,
+then W1 (plain retention, gradient keys `z_s = sigma(W2_0 k_s)`) read with `sigma(W2_t q_t)`:
+the TTT "dual form", a masked C x C product per chunk, with no per-token weights.
+
+einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from hope.ops.linear_memory.chunk import keyed_apply, keyed_products
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays, expand_state,
+                            from_chunks, keyed_operators, split_segments, to_chunks)
+
+
+def chunk_mlp_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: Optional[MLPMemoryState] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    dgd: bool = True,
+    objective: str = "l2",
+    expansion: int = 2,
+    act: str = "gelu",
+):
+    """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as the naive form.
+
+    Args:
+        q: [B, T, H, D] queries (read after the token's write).
+        k: [B, T, H, D] keys.
+        v: [B, T, H, D] values (targets).
+        eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys.
+        alpha: [B, T, H] retention in (0, 1]; 1 keeps everything.
+        beta: [B, T, H] momentum in [0, 1); 0 disables momentum.
+        initial_state: MLPMemoryState, W1/S1 broadcastable to [B, H, D, E], W2/S2 to
+            [B, H, E, D] with E = expansion * D; S1, S2 may be None. None means all zeros,
+            the identity memory, which is a fixed point of the rule (with W1 = W2 = 0 every
+            gradient vanishes): to learn, start from W2 != 0 (e.g. a meta-learned random W2 with
+            W1 = 0, still the identity). A state returned by a previous call resumes it exactly,
+            also in the middle of a chunk.
+        output_final_state: return the state after the last token.
+        chunk_size: C, the mini-batch and the parallel block (gradients at the chunk-start state).
+        dgd: apply `alpha I - eta k k^T` to W2 (else `alpha I`); W1 always gets `alpha I`.
+        objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
+        expansion: e, the hidden width E = e * D (used only to build a zero state).
+        act: sigma, "gelu" (exact) or "silu".
+
+    Returns:
+        o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
+        final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
+            shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
+    """
+    B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    sigma, dsigma = activation(act)
+    st = initial_state if initial_state is not None else MLPMemoryState(None, None)
+    C = int(chunk_size)
+    pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
+    E = st.W2.shape[-2] if st.W2 is not None else expansion * D
+    W1 = expand_state(st.W1, (B, H, D, E), q)
+    W2 = expand_state(st.W2, (B, H, E, D), q)
+    S1 = expand_state(st.S1, (B, H, D, E), q)
+    S2 = expand_state(st.S2, (B, H, E, D), q)
+    W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q) if pos else W1
+    W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q) if pos else W2
+    outs = []
+    for t0, t1, L, resumed in split_segments(T, C, pos):
+        qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
+        etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
+        dec = chunk_decays(alphac, betac)
+        ops2 = keyed_operators(kc, qc, etac, dec, dgd)                     # W2: keys k, queries q
+        seg = []
+        for n in range(kc.shape[2]):
+            k_n, q_n, v_n, eta_n = kc[:, :, n], qc[:, :, n], vc[:, :, n], etac[:, :, n]
+            if not resumed:
+                W1_0, W2_0 = W1, W2                                         # chunk-start state
+            KT, KS, QT, QS = keyed_products(W2, S2, k_n, q_n)
+            # gradients at the chunk-start state: h_s = W2_0 k_s, z_s = sigma(h_s)
+            h = KT if W2_0 is W2 else k_n @ W2_0.transpose(-1, -2)          # [B, H, L, E]
+            z = sigma(h)
+            err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
+            delta = (err @ W1_0) * dsigma(h)                                # W2's error, [B, H, L, E]
+            # W2 (keyed, DGD): hq_t = W2_t q_t
+            hq, W2, S2 = keyed_apply(ops2, n, W2, S2, k_n, KT, KS, QT, QS, delta, dgd)
+            # W1 (no DGD), dual form: W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
+            zq = sigma(hq)                                                  # [B, H, L, E]
+            E_n, D_n = dec.E[:, :, n], dec.D[:, :, n]
+            coef = (E_n * (zq @ z.transpose(-1, -2))) * eta_n.unsqueeze(-2)   # [B, H, L, L]
+            QW = zq @ torch.cat([W1, S1], dim=-2).transpose(-1, -2)           # [B, H, L, 2D]
+            o1 = (dec.gamma[:, :, n, :, None] * QW[..., :D] + dec.m[:, :, n, :, None] * QW[..., D:]
+                  - coef @ err)
+            we = torch.cat([E_n[..., -1, :, None] * err, D_n[..., -1, :, None] * err], dim=-1)
+            upd = (we * eta_n.unsqueeze(-1)).transpose(-1, -2) @ z           # [B, H, 2D, E]
+            W1, S1 = (dec.gamma[:, :, n, -1, None, None] * W1 + dec.m[:, :, n, -1, None, None] * S1
+                      - upd[..., :D, :],
+                      dec.P[:, :, n, -1, None, None] * S1 - upd[..., D:, :])
+            seg.append(q_n + o1)
+        outs.append(from_chunks(torch.stack(seg, dim=2)))
+    o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+    pos_end = (pos + T) % C
+    final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
+                           pos_end)
+    return o, (final if output_final_state else None)

@@ -1,0 +1,110 @@
+"""Token-by-token reference of the inner learning rule on an MLP memory (SPEC sections 2, 3).
+
+`M(x) = x + W1 sigma(W2 x)` per head, `W2: [E, D]` reads the key and carries the DGD factor,
+`W1: [D, E]` gets plain retention (SPEC section 6). The loop materializes `(W1_t, W2_t)` after
+every token; it is the ground truth that `chunk.py` must equal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos,
+                            expand_state)
+
+
+def naive_recurrent_mlp_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: Optional[MLPMemoryState] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    dgd: bool = True,
+    objective: str = "l2",
+    expansion: int = 2,
+    act: str = "gelu",
+):
+    """Run the inner rule token by token on a residual two-layer MLP memory.
+
+    Args:
+        q: [B, T, H, D] queries (read after the token's write).
+        k: [B, T, H, D] keys.
+        v: [B, T, H, D] values (targets).
+        eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys.
+        alpha: [B, T, H] retention in (0, 1]; 1 keeps everything.
+        beta: [B, T, H] momentum in [0, 1); 0 disables momentum.
+        initial_state: MLPMemoryState, W1/S1 broadcastable to [B, H, D, E], W2/S2 to
+            [B, H, E, D] with E = expansion * D; S1, S2 may be None. None means all zeros,
+            the identity memory, which is a fixed point of the rule (with W1 = W2 = 0 every
+            gradient vanishes): to learn, start from W2 != 0 (e.g. a meta-learned random W2 with
+            W1 = 0, still the identity). A state returned by a previous call resumes it exactly,
+            also in the middle of a chunk.
+        output_final_state: return the state after the last token.
+        chunk_size: C, the mini-batch: gradients of tokens in [nC, (n+1)C) are taken at the
+            state after token nC - 1 (counted from the start of this call).
+        dgd: apply `alpha I - eta k k^T` to W2 (else `alpha I`); W1 always gets `alpha I`.
+        objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
+        expansion: e, the hidden width E = e * D (used only to build a zero state).
+        act: sigma, "gelu" (exact) or "silu".
+
+    Returns:
+        o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
+        final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
+            shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
+    """
+    B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    sigma, dsigma = activation(act)
+    st = initial_state if initial_state is not None else MLPMemoryState(None, None)
+    pos = check_pos(st.pos, chunk_size, st.W1_chunk is not None and st.W2_chunk is not None)
+    E = st.W2.shape[-2] if st.W2 is not None else expansion * D
+    W1 = expand_state(st.W1, (B, H, D, E), q)
+    W2 = expand_state(st.W2, (B, H, E, D), q)
+    S1 = expand_state(st.S1, (B, H, D, E), q)
+    S2 = expand_state(st.S2, (B, H, E, D), q)
+    W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q) if pos else W1
+    W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q) if pos else W2
+
+    def mv(W, x):
+        return torch.einsum("bhij,bhj->bhi", W, x)
+
+    def outer(a, b):
+        return a[..., :, None] * b[..., None, :]
+
+    outs = []
+    for t in range(T):
+        if (pos + t) % chunk_size == 0:
+            W1_0, W2_0 = W1, W2                                  # chunk-start state Theta_{c(t)}
+        k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]                # [B, H, D]
+        eta_t, alpha_t, beta_t = (x[:, t, :, None, None] for x in (eta, alpha, beta))
+        # g_t = grad_(W1, W2) l(W1_0, W2_0; k_t, v_t) by backpropagation through the MLP
+        h_t = mv(W2_0, k_t)                                      # [B, H, E]
+        z_t = sigma(h_t)
+        if objective == "l2":
+            err_t = k_t + mv(W1_0, z_t) - v_t                    # dl/dM(k) = M(k) - v
+        else:
+            err_t = -v_t                                         # dl/dM(k) = -v
+        delta_t = torch.einsum("bhij,bhi->bhj", W1_0, err_t) * dsigma(h_t)  # (W1_0^T err) * sigma'(h)
+        g1_t = outer(err_t, z_t)                                 # [B, H, D, E]
+        g2_t = outer(delta_t, k_t)                               # [B, H, E, D]
+        # S_t = beta_t S_{t-1} - eta_t g_t
+        S1 = beta_t * S1 - eta_t * g1_t
+        S2 = beta_t * S2 - eta_t * g2_t
+        # Theta_t = Theta_{t-1} A_t + S_t: W1 plain retention, W2 DGD when enabled
+        W1 = alpha_t * W1 + S1
+        W2A = alpha_t * W2
+        if dgd:
+            W2A = W2A - eta_t * outer(mv(W2, k_t), k_t)          # W2 (alpha I - eta k k^T)
+        W2 = W2A + S2
+        # o_t = M_{Theta_t}(q_t)
+        outs.append(q_t + mv(W1, sigma(mv(W2, q_t))))
+    o = torch.stack(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+    pos_end = (pos + T) % chunk_size
+    final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
+                           pos_end)
+    return o, (final if output_final_state else None)

@@ -1,0 +1,266 @@
+"""Shared pieces of the inner-learning-rule ops (SPEC sections 2 and 3).
+
+Holds the memory state types, the activations of the MLP memory with their derivatives, input
+checks, and the chunk algebra shared by `linear_memory/chunk.py` and `mlp_memory/chunk.py`:
+the within-chunk decay matrices of retention (alpha) and momentum (beta), and the operators of a
+"keyed" layer (a weight matrix whose gradients are rank-1 terms `u_s k_s^T` on the same keys that
+its DGD factor uses). The derivation is in `linear_memory/README.md`.
+
+Conventions: a weight maps `x -> W x` with `W: [D_out, D_in]`; batched states are
+`[B, H, D_out, D_in]`. Chunked tensors are `[B, H, N, C, ...]`.
+
+einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+OBJECTIVES = ("l2", "dot")
+ACTIVATIONS = ("gelu", "silu")
+
+
+class LinearMemoryState(NamedTuple):
+    """State of a linear memory `M(x) = W x`, per stream and head.
+
+    W: [B, H, D, D] weights (`[D_out, D_in]` per head), or anything broadcastable to it.
+    S: momentum ("past surprise") of the same shape, or None for zeros.
+    W_chunk: the weights at the start of the current, unfinished mini-batch (gradients of its
+        remaining tokens are taken there); needed only when pos > 0.
+    pos: tokens of the current mini-batch already written (0 at a chunk boundary). A call
+        resuming from a returned state must use the same chunk_size.
+    """
+
+    W: torch.Tensor
+    S: Optional[torch.Tensor] = None
+    W_chunk: Optional[torch.Tensor] = None
+    pos: int = 0
+
+
+class MLPMemoryState(NamedTuple):
+    """State of an MLP memory `M(x) = x + W1 sigma(W2 x)`, per stream and head.
+
+    W1: [B, H, D, E] output layer (E = expansion * D), or broadcastable to it.
+    W2: [B, H, E, D] input layer (reads the key; carries the DGD factor), or broadcastable.
+    S1, S2: momenta of the same shapes, or None for zeros.
+    W1_chunk, W2_chunk: weights at the start of the current, unfinished mini-batch (pos > 0).
+    pos: tokens of the current mini-batch already written (0 at a chunk boundary).
+    """
+
+    W1: torch.Tensor
+    W2: torch.Tensor
+    S1: Optional[torch.Tensor] = None
+    S2: Optional[torch.Tensor] = None
+    W1_chunk: Optional[torch.Tensor] = None
+    W2_chunk: Optional[torch.Tensor] = None
+    pos: int = 0
+
+
+def check_pos(pos: int, chunk_size: int, has_chunk_state: bool) -> int:
+    """Validate the resume position of a state."""
+    pos = int(pos)
+    if not 0 <= pos < chunk_size:
+        raise ValueError(f"state.pos must be in [0, chunk_size={chunk_size}), got {pos}")
+    if pos and not has_chunk_state:
+        raise ValueError("a state with pos > 0 needs its chunk-start weights (W_chunk)")
+    return pos
+
+
+def check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective):
+    """Validate shapes and flags shared by every memory op; return (B, T, H, D)."""
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must share a [B, T, H, D] shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, H, D = q.shape
+    for name, g in (("eta", eta), ("alpha", alpha), ("beta", beta)):
+        if g.shape != (B, T, H):
+            raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}, got {tuple(g.shape)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return B, T, H, D
+
+
+def expand_state(x: Optional[torch.Tensor], shape, ref: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (possibly shared, e.g. `[H, D, D]` meta-learned) state to `shape`; None -> zeros.
+
+    Broadcasting keeps the autograd link, so gradients reach a shared initial state summed over
+    the batch.
+    """
+    if x is None:
+        return ref.new_zeros(shape)
+    return torch.broadcast_to(x.to(ref.dtype), shape)
+
+
+def activation(name: str):
+    """Return `(sigma, dsigma)` for the MLP memory; both are differentiable torch expressions."""
+    if name == "gelu":  # exact (erf) GELU
+        def sigma(h):
+            return F.gelu(h)
+
+        def dsigma(h):
+            cdf = 0.5 * (1.0 + torch.erf(h * (1.0 / math.sqrt(2.0))))
+            pdf = torch.exp(-0.5 * h * h) * (1.0 / math.sqrt(2.0 * math.pi))
+            return cdf + h * pdf
+    elif name == "silu":
+        def sigma(h):
+            return F.silu(h)
+
+        def dsigma(h):
+            s = torch.sigmoid(h)
+            return s * (1.0 + h * (1.0 - s))
+    else:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+    return sigma, dsigma
+
+
+def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, ...] with T = N*C -> [B, H, N, C, ...]."""
+    if x.dim() == 3:
+        return rearrange(x, "b (n c) h -> b h n c", c=C)
+    return rearrange(x, "b (n c) h d -> b h n c d", c=C)
+
+
+def from_chunks(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, C, D] -> [B, N*C, H, D]."""
+    return rearrange(x, "b h n c d -> b (n c) h d")
+
+
+def split_segments(T: int, C: int, pos: int = 0):
+    """Token ranges processed with one set of chunk operators, as `(t0, t1, L, resumed)`.
+
+    Mini-batch boundaries sit at multiples of C from the start of the stream. A call that resumes
+    `pos` tokens into a chunk first finishes that chunk (`resumed=True`: its gradients are taken
+    at the saved chunk-start state); then come the full chunks, then a shorter tail chunk with
+    its own operators. Padding instead of a tail would corrupt the final state, since momentum is
+    added at every token.
+    """
+    segs = []
+    t0 = 0
+    if pos:
+        t1 = min(C - pos, T)
+        segs.append((0, t1, t1, True))
+        t0 = t1
+    n_full = (T - t0) // C
+    if n_full:
+        segs.append((t0, t0 + n_full * C, C, False))
+        t0 += n_full * C
+    if T > t0:
+        segs.append((t0, T, T - t0, False))
+    return segs
+
+
+def _prod_matrix(g: torch.Tensor) -> torch.Tensor:
+    """Segment products `G[t, s] = prod_{r=s+1..t} g_r` for t >= s, 0 above the diagonal.
+
+    g: [..., C] -> [..., C, C]. Built with a cumulative product down the columns of a matrix
+    holding `g_t` below the diagonal and 1 elsewhere, so no division appears: exact zeros (beta = 0,
+    momentum off) are fine, and so are its gradients (cumprod's backward handles zeros).
+    """
+    C = g.shape[-1]
+    below = torch.ones(C, C, dtype=torch.bool, device=g.device).tril(-1)
+    m = torch.where(below, g.unsqueeze(-1), torch.ones((), dtype=g.dtype, device=g.device))
+    return torch.cumprod(m, dim=-2).tril()
+
+
+class ChunkDecays(NamedTuple):
+    """Scalar decay algebra of one chunk (all [..., C] or [..., C, C]; t, s index the chunk).
+
+    The recurrence `S_t = beta_t S_{t-1} - eta_t g_t`, `Theta_t = alpha_t Theta_{t-1} + S_t + ...`
+    unrolls over a chunk into
+      `S_t     = P[t] S_0 - sum_{s<=t} D[t, s] eta_s g_s`
+      `Theta_t = gamma[t] Theta_0 + m[t] S_0 - sum_{s<=t} E[t, s] eta_s g_s + (DGD terms)`
+    """
+
+    gamma: torch.Tensor       # [.., C]    prod_{r<=t} alpha_r
+    gamma_prev: torch.Tensor  # [.., C]    gamma[t-1] (1 at t=0)
+    P: torch.Tensor           # [.., C]    prod_{r<=t} beta_r
+    m: torch.Tensor           # [.., C]    sum_{j<=t} Gam[t, j] P[j]: weight of S_0 in Theta_t
+    m_prev: torch.Tensor      # [.., C]    m[t-1] (0 at t=0)
+    Gam: torch.Tensor         # [.., C, C] prod_{r=s+1..t} alpha_r, lower incl. diagonal
+    Gam_prev: torch.Tensor    # [.., C, C] Gam[t-1, s], strictly lower
+    D: torch.Tensor           # [.., C, C] prod_{r=s+1..t} beta_r, lower incl. diagonal
+    E: torch.Tensor           # [.., C, C] Gam @ D: weight of eta_s g_s in Theta_t
+    E_prev: torch.Tensor      # [.., C, C] Gam_prev @ D: weight of eta_s g_s in Theta_{t-1}
+
+
+def chunk_decays(alpha: torch.Tensor, beta: torch.Tensor) -> ChunkDecays:
+    """alpha, beta: [..., C] -> ChunkDecays (see the class for the meaning of each field)."""
+    gamma = torch.cumprod(alpha, dim=-1)
+    P = torch.cumprod(beta, dim=-1)
+    Gam = _prod_matrix(alpha)
+    D = _prod_matrix(beta)
+    Gam_prev = F.pad(Gam[..., :-1, :], (0, 0, 1, 0))
+    gamma_prev = F.pad(gamma[..., :-1], (1, 0), value=1.0)
+    m = (Gam @ P.unsqueeze(-1)).squeeze(-1)
+    m_prev = F.pad(m[..., :-1], (1, 0))
+    E = Gam @ D
+    E_prev = Gam_prev @ D
+    return ChunkDecays(gamma, gamma_prev, P, m, m_prev, Gam, Gam_prev, D, E, E_prev)
+
+
+class KeyedOperators(NamedTuple):
+    """Precomputed (state-independent) operators of a keyed layer over the chunks of one segment.
+
+    For a chunk with start state (Theta, S), keys K, queries Q, and per-token error vectors U (the
+    gradient of token s is `u_s k_s^T`), with `KT = K Theta^T`, `KS = K S^T`, `QT`, `QS` alike:
+      `[O'; Z; Zs] = big @ [KT; KS; U]`  (rows: C reads, C state weights, C momentum weights)
+      reads    `O     = O' + gamma * QT + m * QS`           (o_t = Theta_t q_t)
+      state    `Theta_C = gamma_C Theta + m_C S + Z^T K`
+      momentum `S_C     = P_C S + Zs^T K`
+    Without DGD the KT, KS columns are zero and `big` keeps only the U column.
+    """
+
+    big: torch.Tensor      # [B, H, N, 3C, 3C] (DGD) or [B, H, N, 3C, C]
+    gamma: torch.Tensor    # [B, H, N, C]
+    m: torch.Tensor        # [B, H, N, C]
+    gamma_C: torch.Tensor  # [B, H, N]
+    m_C: torch.Tensor      # [B, H, N]
+    P_C: torch.Tensor      # [B, H, N]
+
+
+def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
+    """Build the operators of a keyed layer (gradient keys = DGD keys = k).
+
+    k, q: [B, H, N, C, D]; eta: [B, H, N, C]; dec: decays over the same chunks.
+
+    DGD: `Theta_t = alpha_t Theta_{t-1} + S_t + y_t k_t^T` with `y_t = -eta_t Theta_{t-1} k_t`;
+    expanding `Theta_{t-1} k_t` over the chunk gives the unit lower-triangular system
+    `(I + diag(eta) L) Y = -diag(eta) [gamma_prev*KT + m_prev*KS - (E_prev o KK^T) diag(eta) U]`,
+    `L = Gam_prev o KK^T` (strictly lower), solved once per chunk, independent of the state.
+    """
+    C = k.shape[-2]
+    eye = torch.eye(C, dtype=k.dtype, device=k.device)
+    kk = k @ k.transpose(-1, -2)                  # [.., C, C] k_s . k_t
+    qk = q @ k.transpose(-1, -2)                  # [.., C, C] q_t . k_s
+    # reads: -sum_{s<=t} E[t,s] eta_s (k_s . q_t) u_s
+    read_u = (dec.E * qk) * eta.unsqueeze(-2)     # [.., C, C] (coefficient of U, sign applied below)
+    e_last = dec.E[..., -1, :] * eta              # [.., C] weight of -u_s in Z
+    d_last = dec.D[..., -1, :] * eta              # [.., C] weight of -u_s in Zs
+    if dgd:
+        A = eye + eta.unsqueeze(-1) * (dec.Gam_prev * kk)
+        # Tn = (I + diag(eta) L)^{-1} diag(-eta): Y = Tn [gamma_prev*KT + m_prev*KS - Ek U]
+        Tn = torch.linalg.solve_triangular(A, torch.diag_embed(-eta), upper=False,
+                                           unitriangular=True)
+        Ek = (dec.E_prev * kk.transpose(-1, -2)) * eta.unsqueeze(-2)  # [t, s]: E_prev[t,s] eta_s k_s.k_t
+        Gq = dec.Gam * qk                                            # reads of the y_j k_j^T terms
+        TnEk = Tn @ Ek
+        g_last = dec.Gam[..., -1, :].unsqueeze(-1)                  # [.., C, 1]
+        rows_o = torch.cat([Gq @ (Tn * dec.gamma_prev.unsqueeze(-2)),
+                            Gq @ (Tn * dec.m_prev.unsqueeze(-2)),
+                            -(read_u + Gq @ TnEk)], dim=-1)
+        rows_z = torch.cat([g_last * Tn * dec.gamma_prev.unsqueeze(-2),
+                            g_last * Tn * dec.m_prev.unsqueeze(-2),
+                            -(g_last * TnEk + torch.diag_embed(e_last))], dim=-1)
+        zero = torch.zeros_like(Tn)
+        rows_s = torch.cat([zero, zero, -torch.diag_embed(d_last)], dim=-1)
+        big = torch.cat([rows_o, rows_z, rows_s], dim=-2)
+    else:
+        big = torch.cat([-read_u, -torch.diag_embed(e_last), -torch.diag_embed(d_last)], dim=-2)
+    return KeyedOperators(big, dec.gamma, dec.m, dec.gamma[..., -1], dec.m[..., -1], dec.P[..., -1])

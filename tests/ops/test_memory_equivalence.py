@@ -1,0 +1,93 @@
+"""chunk_* equals naive_recurrent_* (float64): outputs, final state, every gradient.
+
+The default run checks a covering set of cases (every length, chunk size, initial-state kind,
+DGD on/off, momentum on/off and objective appears, each with both memory kinds); the full grid
+is marked slow (`pytest -m slow tests/ops`). Also: resuming from a returned state, inside a chunk
+and at a chunk edge, equals one call.
+"""
+
+import itertools
+
+import pytest
+
+from memory_cases import OPS, assert_close, make_case, run
+
+# (T, chunk_size, init, dgd, momentum, objective)
+COVER = [
+    (1, 1, "full", True, True, "l2"),
+    (1, 64, "none", False, False, "dot"),
+    (7, 16, "none", True, False, "dot"),
+    (7, 1, "shared", False, True, "l2"),
+    (63, 16, "full", False, True, "l2"),
+    (63, 64, "shared", True, True, "dot"),
+    (100, 16, "full", True, True, "l2"),
+    (100, 64, "none", False, True, "dot"),
+    (100, 1, "full", True, False, "l2"),
+    (257, 64, "full", True, True, "l2"),
+    (257, 16, "shared", True, False, "dot"),
+    (257, 1, "full", False, False, "l2"),
+    (128, 64, "full", True, True, "dot"),
+]
+
+
+def case_id(kind, T, C, init, dgd, mom, obj, act=None):
+    parts = [kind, f"T{T}", f"C{C}", f"init-{init}", "dgd" if dgd else "nodgd",
+             "mom" if mom else "nomom", obj]
+    return "-".join(parts + ([act] if act else []))
+
+
+def params(cases):
+    out = []
+    for kind in ("linear", "mlp"):
+        for i, (T, C, init, dgd, mom, obj) in enumerate(cases):
+            act = ("gelu", "silu")[i % 2] if kind == "mlp" else None
+            out.append(pytest.param(kind, T, C, init, dgd, mom, obj, act,
+                                    id=case_id(kind, T, C, init, dgd, mom, obj, act)))
+    return out
+
+
+def check(kind, T, C, init, dgd, mom, obj, act):
+    naive, chunk = OPS[kind]
+    inputs, state = make_case(kind, T, init=init, momentum=mom, seed=T * 7 + C, chunk_size=C)
+    kw = dict(chunk_size=C, dgd=dgd, objective=obj)
+    if act:
+        kw["act"] = act
+    assert_close(run(naive, inputs, state, **kw), run(chunk, inputs, state, **kw))
+
+
+@pytest.mark.parametrize("kind,T,C,init,dgd,mom,obj,act", params(COVER))
+def test_chunk_equals_naive(kind, T, C, init, dgd, mom, obj, act):
+    check(kind, T, C, init, dgd, mom, obj, act)
+
+
+GRID = list(itertools.product((1, 7, 63, 100, 257), (1, 16, 64), ("none", "shared", "full"),
+                              (True, False), (True, False), ("l2", "dot")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,T,C,init,dgd,mom,obj,act", params(GRID))
+def test_chunk_equals_naive_grid(kind, T, C, init, dgd, mom, obj, act):
+    check(kind, T, C, init, dgd, mom, obj, act)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+@pytest.mark.parametrize("splits", [(37,), (48,), (5, 37, 80), (16, 32, 96)],
+                         ids=["inside", "edge", "inside-x3", "edges-x3"])
+def test_continuation(kind, impl, splits):
+    """[0, T) in one call equals the pieces run in turn from each returned state (C = 16)."""
+    import torch
+
+    op = OPS[kind][0 if impl == "naive" else 1]
+    T, C = 100, 16
+    inputs, state = make_case(kind, T, init="full", seed=3, chunk_size=C)
+    kw = dict(chunk_size=C, dgd=True, objective="l2")
+    whole, final = op(**inputs, initial_state=state, output_final_state=True, **kw)
+    outs, st = [], state
+    bounds = (0,) + splits + (T,)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        piece = {n: (x[:, a:b]) for n, x in inputs.items()}
+        o, st = op(**piece, initial_state=st, output_final_state=True, **kw)
+        outs.append(o)
+    assert_close({"o": whole, **final._asdict()},
+                 {"o": torch.cat(outs, dim=1), **st._asdict()}, tol=1e-12)
