@@ -1,0 +1,119 @@
+"""Facts of SPEC section 3 as tests, and float32 stability of the chunk form.
+
+* Linear memory, dot objective, beta = 0, C = 1: the rule is the gated delta rule
+  `W_t = W_{t-1}(alpha_t I - eta_t k_t k_t^T) + eta_t v_t k_t^T`.
+* DGD off, alpha = 1, beta = 0: each chunk is one step of mini-batch gradient descent on
+  `sum_s eta_s l(Theta; k_s, v_s)` from the chunk-start state (computed here with autograd).
+* 4096 tokens in float32 with unit-norm keys and eta in its documented range stay finite and
+  close to the float64 result.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memory_cases import OPS, make_case, rel_err
+from hope.ops import MLPMemoryState, LinearMemoryState, chunk_linear_memory, chunk_mlp_memory
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+def test_linear_dot_equals_gated_delta_rule(impl):
+    op = OPS["linear"][0 if impl == "naive" else 1]
+    inputs, state = make_case("linear", 50, init="full", momentum=False, seed=11)
+    inputs = {n: x.detach() for n, x in inputs.items()}
+    W0 = state.W.detach()
+    o, final = op(**inputs, initial_state=LinearMemoryState(W0), output_final_state=True,
+                  chunk_size=1, dgd=True, objective="dot")
+    q, k, v, eta, alpha = (inputs[n] for n in ("q", "k", "v", "eta", "alpha"))
+    W, ref = W0.clone(), []
+    eye = torch.eye(W.shape[-1], dtype=W.dtype)
+    for t in range(q.shape[1]):
+        kt, vt, e, a = k[:, t], v[:, t], eta[:, t, :, None, None], alpha[:, t, :, None, None]
+        A = a * eye - e * kt[..., :, None] * kt[..., None, :]
+        W = W @ A + e * vt[..., :, None] * kt[..., None, :]
+        ref.append((W @ q[:, t, ..., None])[..., 0])
+    assert rel_err(torch.stack(ref, dim=1), o) < 1e-12
+    assert rel_err(W, final.W) < 1e-12
+
+
+def memory_read(kind, params, x, act="gelu"):
+    """M(x) for x [B, H, D]."""
+    if kind == "linear":
+        (W,) = params
+        return torch.einsum("bhij,bhj->bhi", W, x)
+    W1, W2 = params
+    h = torch.einsum("bhij,bhj->bhi", W2, x)
+    sigma = F.gelu if act == "gelu" else F.silu
+    return x + torch.einsum("bhij,bhj->bhi", W1, sigma(h))
+
+
+@pytest.mark.parametrize("objective", ["l2", "dot"])
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+def test_minibatch_gradient_descent(impl, kind, objective):
+    op = OPS[kind][0 if impl == "naive" else 1]
+    T, C = 37, 8
+    inputs, state = make_case(kind, T, init="shared", momentum=False, seed=5, chunk_size=C)
+    inputs = {n: x.detach() for n, x in inputs.items()}
+    inputs["alpha"] = torch.ones_like(inputs["alpha"])
+    B, _, H, D = inputs["q"].shape
+    params = [torch.broadcast_to(x.detach(), (B, H) + x.shape[-2:]).clone()
+              for x in state if isinstance(x, torch.Tensor)]
+    if kind == "mlp":
+        state = MLPMemoryState(*params)
+    else:
+        state = LinearMemoryState(*params)
+    o, final = op(**inputs, initial_state=state, output_final_state=True, chunk_size=C,
+                  dgd=False, objective=objective)
+    q, k, v, eta = (inputs[n] for n in ("q", "k", "v", "eta"))
+    ref = []
+    for c0 in range(0, T, C):
+        theta0 = [p.clone().requires_grad_() for p in params]
+        for t in range(c0, min(c0 + C, T)):
+            # Theta_t = Theta_0 - grad sum_{c0 <= s <= t} eta_s l(Theta_0; k_s, v_s)
+            loss = 0.0
+            for s in range(c0, t + 1):
+                m = memory_read(kind, theta0, k[:, s])
+                per = 0.5 * ((m - v[:, s]) ** 2).sum(-1) if objective == "l2" else -(m * v[:, s]).sum(-1)
+                loss = loss + (eta[:, s] * per).sum()
+            grads = torch.autograd.grad(loss, theta0)
+            theta_t = [p - g for p, g in zip(theta0, grads)]
+            ref.append(memory_read(kind, theta_t, q[:, t]).detach())
+        params = [p.detach() for p in theta_t]
+    assert rel_err(torch.stack(ref, dim=1), o) < 1e-10
+    weights = [final.W] if kind == "linear" else [final.W1, final.W2]
+    for p, w in zip(params, weights):
+        assert rel_err(p, w) < 1e-10
+
+
+@pytest.mark.parametrize("objective", ["l2", "dot"])
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_float32_long_sequence_stable(kind, objective):
+    """T = 4096, d_h = 64, C = 64, beta in [0, 0.9), eta in (0, 1) (linear) or (0, 1/2) (MLP).
+
+    These are the documented ranges (see the op READMEs): for a linear memory with unit-norm keys
+    each DGD factor is a contraction for eta < 1; an MLP memory's step on W1 scales with
+    ||sigma(W2 k)||^2 instead, so it needs a smaller eta at the 1/sqrt(D) scale of W2 used here.
+    """
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D = 1, 4096, 2, 64
+    k = F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    q = F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    v = torch.randn(B, T, H, D, generator=g)
+    eta = torch.rand(B, T, H, generator=g) * (1.0 if kind == "linear" else 0.5)
+    alpha = 0.9 + 0.1 * torch.rand(B, T, H, generator=g)
+    beta = 0.9 * torch.rand(B, T, H, generator=g)
+    if kind == "linear":
+        op, state = chunk_linear_memory, LinearMemoryState(0.1 * torch.randn(H, D, D, generator=g))
+    else:
+        op = chunk_mlp_memory
+        state = MLPMemoryState(torch.zeros(H, D, 2 * D), torch.randn(H, 2 * D, D, generator=g) / D ** 0.5)
+    args = (q, k, v, eta, alpha, beta)
+    o32, s32 = op(*args, initial_state=state, output_final_state=True, objective=objective)
+    o64, s64 = op(*(x.double() for x in args),
+                  initial_state=type(state)(*(x.double() for x in state if isinstance(x, torch.Tensor))),
+                  output_final_state=True, objective=objective)
+    assert torch.isfinite(o32).all()
+    assert all(torch.isfinite(x).all() for x in s32 if isinstance(x, torch.Tensor))
+    assert o64.abs().max() < 1e3
+    assert rel_err(o64, o32.double()) < 1e-3
