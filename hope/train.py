@@ -309,7 +309,9 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
             optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for micro in range(tc.grad_accum):
-                gen = torch.Generator().manual_seed(((tc.seed * 1_000_003 + step) * 1009 + rank) * 131 + micro)
+                # one stream of batches per (step, global micro-batch index): 2 processes x 1 micro-batch
+                # read exactly what 1 process x 2 micro-batches reads
+                gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 65_537 + rank * tc.grad_accum + micro)
                 x, y = get_batch(tokens["train"], tc.batch_size, tc.seq_len, gen)
                 x, y = x.to(device), y.to(device)
                 sync = contextlib.nullcontext() if not distributed or micro == tc.grad_accum - 1 else model.no_sync()
