@@ -1,0 +1,165 @@
+"""Self-modifying Titans: Hope's sequence mixer (SPEC 4.2, 3; paper section 8).
+
+Six in-context memories per head: the projection memories `k, v, q, eta, alpha` and the main
+memory `mem`. For projection chunk c (C_proj tokens) and main-memory chunk c' (C_mem tokens):
+
+    x_h          = split_heads(W_in x)
+    k_t          = l2norm(conv4(M_k,c(x_h,t)))       v_t = conv4(M_v,c(x_h,t))
+    q_t          = l2norm(conv4(M_q,c(x_h,t)))
+    eta_t        = eta_max * sigmoid(w_eta . M_eta,c(x_h,t) + b_eta)
+    alpha_t      = sigmoid(w_alpha . M_alpha,c(x_h,t) + b_alpha)        beta_t = sigmoid(W_beta x)
+    every projection memory M_box: inner rule on l(M_box; k_t, M_box,c(v_t)) over chunk c,
+        the new state takes effect from chunk c + 1
+    main memory: inner rule on l(M_mem; k_t, M_mem,c'(v_t)), read o_t = M_mem,t(q_t)
+    y            = W_o( RMSNorm_head(o) * SiLU(W_g x) )
+
+`M_box,c` is the state at the start of the chunk (the op's `*_chunk` weights when a call resumes
+inside a chunk). The self-generated targets `M_box,c(v_t)` are passed to the op as its values with
+their autograd graph: inside the op they are constants of the inner loss (the op differentiates the
+inner loss analytically w.r.t. the memory weights only), while the outer loss backpropagates into
+them. All memories update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
+
+The projection memories are stacked on the head axis (one op call per projection chunk for all of
+them); the loop runs over chunks, never over tokens.
+
+einops legend: b batch, t tokens, h heads, p projection memories, d head feature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hope.layers.conv import CausalConv1d
+from hope.layers.memory import MemoryBank, chunk_ranges
+
+
+class SelfModifyingTitans(nn.Module):
+    """Self-modifying Titans token mixer. `y, state = layer(x, state)`, `x, y: [B, T, d_model]`.
+
+    Args:
+        d_model: model width.
+        n_heads: H, head_dim = d_model / H; every memory is per head.
+        memory: kind of the main memory, "mlp" (default) or "linear".
+        proj_memory: kind of the projection memories k, v, q, eta, alpha: "mlp" (default) or "linear".
+        expansion: hidden width of MLP memories is expansion * head_dim.
+        chunk_proj: C_proj, mini-batch of the projection memories (and the delay of their effect).
+        chunk_mem: C_mem, mini-batch of the main memory.
+        dgd: Delta Gradient Descent on every memory (off: plain GD with retention).
+        momentum: off sets beta = 0 (and drops W_beta).
+        retention: off sets alpha = 1 (and drops the alpha memory and its read-out).
+        static_k, static_v, static_q: replace that projection memory by a static per-head linear
+            map `W x_h` (outer level only).
+        eta_max: eta = eta_max * sigmoid(.).
+        activation: sigma of MLP memories, "gelu" or "silu".
+        conv_size: width of the causal depthwise convolutions on k, v, q.
+        impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
+        eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.993,
+            beta = 0.5 at the defaults).
+        proj_w1_std: initial W1 of MLP projection memories, std relative to 1/sqrt(E), so the
+            five projection memories start as distinct near-identity maps.
+        eps: epsilon of the per-head RMSNorm and the L2 normalization.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, memory: str = "mlp", proj_memory: str = "mlp",
+                 expansion: int = 2, chunk_proj: int = 16, chunk_mem: int = 16, dgd: bool = True,
+                 momentum: bool = True, retention: bool = True, static_k: bool = False,
+                 static_v: bool = False, static_q: bool = False, eta_max: float = 0.5,
+                 activation: str = "gelu", conv_size: int = 4, impl: str = "chunk",
+                 eta_bias: float = -2.0, alpha_bias: float = 5.0, beta_bias: float = 0.0,
+                 proj_w1_std: float = 0.2, eps: float = 1e-6):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        H = n_heads
+        D = self.head_dim = d_model // n_heads
+        self.d_model, self.n_heads = d_model, n_heads
+        self.chunk_proj, self.chunk_mem = int(chunk_proj), int(chunk_mem)
+        self.dgd, self.momentum, self.retention = dgd, momentum, retention
+        self.eta_max, self.eps = eta_max, eps
+        static = {"k": static_k, "v": static_v, "q": static_q}
+        # projection memories, in the order they are stacked on the head axis
+        self.proj_names = tuple(n for n in "kvq" if not static[n]) + ("eta",) + (("alpha",) if retention else ())
+        self.static_names = tuple(n for n in "kvq" if static[n])
+        self.W_in = nn.Linear(d_model, d_model, bias=False)
+        self.static = nn.ParameterDict({n: nn.Parameter(torch.randn(H, D, D) / math.sqrt(D))
+                                        for n in self.static_names})
+        self.proj = MemoryBank(proj_memory, len(self.proj_names), H, D, expansion, activation,
+                               w1_std=proj_w1_std, linear_init="random", impl=impl)
+        # the identity start (W1 = 0, or W = I): a zero linear memory would be a fixed point of
+        # self-generated targets (target M_c(v) = 0, no error, no update)
+        self.memory = MemoryBank(memory, 1, H, D, expansion, activation, w1_std=0.0,
+                                 linear_init="identity", impl=impl)
+        self.convs = nn.ModuleDict({n: CausalConv1d(d_model, conv_size) for n in "kvq"})
+        self.w_eta = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
+        self.b_eta = nn.Parameter(torch.full((H,), float(eta_bias)))
+        if retention:
+            self.w_alpha = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
+            self.b_alpha = nn.Parameter(torch.full((H,), float(alpha_bias)))
+        self.W_beta = nn.Linear(d_model, H) if momentum else None
+        if momentum:
+            nn.init.constant_(self.W_beta.bias, beta_bias)
+        self.norm_weight = nn.Parameter(torch.ones(H, D))
+        self.W_g = nn.Linear(d_model, d_model, bias=False)
+        self.W_o = nn.Linear(d_model, d_model, bias=False)
+
+    def init_state(self, batch_size: int) -> dict:
+        """{"proj": op state, projection memories stacked on heads [B, P*H, ...] in `proj_names`
+        order; "mem": op state [B, H, ...]; "conv": {k, v, q: [B, K-1, d]}; "t": tokens read}."""
+        ref = self.W_o.weight
+        return {"proj": self.proj.init_state(batch_size),
+                "mem": self.memory.init_state(batch_size),
+                "conv": {n: c.init_cache(batch_size, ref) for n, c in self.convs.items()},
+                "t": 0}
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """x: [B, T, d_model] -> (y [B, T, d_model], state after the last token)."""
+        B, T, _ = x.shape
+        if state is None:
+            state = self.init_state(B)
+        H, D, P = self.n_heads, self.head_dim, len(self.proj_names)
+        xh = self.W_in(x).view(B, T, H, D)
+        beta = torch.sigmoid(self.W_beta(x)) if self.momentum else x.new_zeros(B, T, H)
+        raw = {n: torch.einsum("bthd,hed->bthe", xh, self.static[n]) for n in self.static_names}
+        idx = {n: i for i, n in enumerate(self.proj_names)}
+        conv = dict(state["conv"])
+        proj = state["proj"]
+        ks, vs, qs, etas, alphas = [], [], [], [], []
+        for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
+            L = t1 - t0
+            # projections of this chunk from the projection memories' chunk-start states
+            rd = self.proj.read_start(proj, xh[:, t0:t1].repeat(1, 1, P, 1)).view(B, L, P, H, D)
+            c = {n: (rd[:, :, idx[n]] if n in idx else raw[n][:, t0:t1]) for n in "kvq"}
+            k, conv["k"] = self.convs["k"](c["k"].reshape(B, L, H * D), conv["k"])
+            v, conv["v"] = self.convs["v"](c["v"].reshape(B, L, H * D), conv["v"])
+            k = F.normalize(k.view(B, L, H, D), dim=-1, eps=self.eps)
+            v = v.view(B, L, H, D)
+            eta = self.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
+            if self.retention:
+                alpha = torch.sigmoid((rd[:, :, idx["alpha"]] * self.w_alpha).sum(-1) + self.b_alpha)
+            else:
+                alpha = eta.new_ones(eta.shape)
+            # self-generated targets M_box,c(v_t); the projection memories learn from this chunk
+            kP = k.repeat(1, 1, P, 1)
+            target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))
+            _, proj = self.proj.update(proj, kP, kP, target, eta.repeat(1, 1, P), alpha.repeat(1, 1, P),
+                                       beta[:, t0:t1].repeat(1, 1, P), self.chunk_proj, self.dgd)
+            ks.append(k), vs.append(v), qs.append(c["q"]), etas.append(eta), alphas.append(alpha)
+        k, v, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, etas, alphas))
+        q, conv["q"] = self.convs["q"](torch.cat(qs, dim=1).reshape(B, T, H * D), conv["q"])
+        q = F.normalize(q.view(B, T, H, D), dim=-1, eps=self.eps)
+        # main memory: targets from its own chunk-start state, so one op call per C_mem chunk
+        mem = state["mem"]
+        outs = []
+        for t0, t1 in chunk_ranges(T, self.chunk_mem, mem.pos):
+            target = self.memory.read_start(mem, v[:, t0:t1])
+            o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
+                                        alpha[:, t0:t1], beta[:, t0:t1], self.chunk_mem, self.dgd)
+            outs.append(o)
+        o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, D)
+        o = F.rms_norm(o, (D,), eps=self.eps) * self.norm_weight
+        y = self.W_o(o.flatten(2) * F.silu(self.W_g(x)))
+        return y, {"proj": proj, "mem": mem, "conv": conv, "t": state["t"] + T}
