@@ -50,8 +50,11 @@ def _fsync(path: Path) -> None:
 
 
 def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict) -> Path:
-    """Write a checkpoint for `step` and point `latest` at it. Returns its folder."""
+                    state: dict, extra: dict | None = None) -> Path:
+    """Write a checkpoint for `step` and point `latest` at it. Returns its folder.
+
+    `extra` maps further file names to objects saved with `torch.save` (the in-context state of
+    stateful training streams)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
@@ -65,7 +68,9 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    files = ("model.safetensors", "trainer.pt", "state.json")
+    for name, obj in (extra or {}).items():
+        torch.save(obj, tmp / name)
+    files = ("model.safetensors", "trainer.pt", "state.json", *(extra or {}))
     manifest = {}
     for f in files:
         _fsync(tmp / f)
@@ -140,3 +145,18 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         if "cuda" in blob["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
     return state
+
+
+def load_streams(path: Path, rank: int, n: int, device) -> list:
+    """The carried in-context states of stateful training (`streams.pt`), moved to `device`."""
+    from hope.layers.state import state_to
+
+    f = path / "streams.pt"
+    if not f.exists():
+        return [None] * n
+    try:
+        # our own checksummed file (verified by load_checkpoint); its states hold NamedTuples
+        streams = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise HopeError(f"corrupt checkpoint file {f}: {e}") from None
+    return [state_to(s, device) for s in streams]

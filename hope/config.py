@@ -46,6 +46,7 @@ class TrainConfig:
     sample_tokens: int = 120  # tokens per sampled line at the end (0: no samples)
     num_samples: int = 3
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    stateful: bool = False  # batch rows are contiguous streams whose in-context state carries across steps
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_tokens",

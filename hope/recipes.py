@@ -54,7 +54,43 @@ def base() -> Config:
                    train=replace(cfg.train, steps=20000, batch_size=16, seq_len=2048, lr=1e-3, warmup_steps=1000))
 
 
-RECIPES = {"debug": debug, "tiny": tiny, "small": small, "base": base}
+def _with_model(base_recipe, arch: str, **model_fields) -> Config:
+    """`base_recipe` (a Transformer recipe) with another architecture of matched size."""
+    from hope.models import get_model_class
+
+    cfg = base_recipe()
+    m = cfg.model
+    common = {"vocab_size": m.vocab_size, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
+              "tie_embeddings": m.tie_embeddings, "init_std": m.init_std}
+    model_cls = get_model_class(arch).config_class
+    if "max_seq_len" in {f for f in model_cls.__dataclass_fields__}:
+        common["max_seq_len"] = m.max_seq_len
+    return replace(cfg, arch=arch, model=model_cls(**{**common, **model_fields}))
+
+
+# CMS widths are chosen so that parameter counts match the Transformer's of the same size within 5%
+# (tests/test_recipes.py checks it); periods and chunk sizes are explained in docs/DEVIATIONS.md.
+def hope_attention_debug() -> Config:
+    return _with_model(debug, "hope_attention", cms_periods=(None, 32, 16), cms_hidden=64)
+
+
+def hope_attention_tiny() -> Config:
+    return _with_model(tiny, "hope_attention", cms_periods=(None, 256, 64), cms_hidden=176)
+
+
+def hope_attention_small() -> Config:
+    return _with_model(small, "hope_attention", cms_periods=(None, 2048, 512), cms_hidden=464)
+
+
+def hope_attention_base() -> Config:
+    return _with_model(base, "hope_attention", cms_periods=(None, 2048, 512), cms_hidden=688)
+
+
+RECIPES = {
+    "debug": debug, "tiny": tiny, "small": small, "base": base,
+    "hope_attention_debug": hope_attention_debug, "hope_attention_tiny": hope_attention_tiny,
+    "hope_attention_small": hope_attention_small, "hope_attention_base": hope_attention_base,
+}
 
 
 def get_recipe(name: str) -> Config:

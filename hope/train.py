@@ -32,14 +32,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import hope
-from hope.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from hope.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, load_streams, save_checkpoint
 from hope.config import Config
 from hope.data.corpus import load_corpus
 from hope.data.tokenizer import build_tokenizer, load_tokenizer
-from hope.data.tokens import get_batch, prepare_tokens, val_windows
+from hope.data.tokens import get_batch, get_stream_batch, prepare_tokens, val_windows
 from hope.errors import HopeError
 from hope.generate import generate
 from hope.models import build_model
+from hope.models.common import forward_backward
 from hope.optim import build_optimizer
 
 
@@ -214,6 +215,8 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
 
+    if tc.stateful and world > 1:
+        raise HopeError("train.stateful does not support several processes yet; run it in one process")
     _prepare_run_dir(out, resume, overwrite, rank)
     if distributed:
         dist.barrier()
@@ -251,11 +254,14 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     start_step, tokens_seen = 0, 0
+    streams: list = [None] * tc.grad_accum  # in-context state of each micro-batch's streams (train.stateful)
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is not None:
             state = load_checkpoint(ckpt, model, optimizer)
             start_step, tokens_seen = state["step"], state["tokens"]
+            if tc.stateful:
+                streams = load_streams(ckpt, rank, tc.grad_accum, device)
             log(f"resuming from {ckpt} (step {start_step})")
         if master:
             _truncate_metrics(out / "metrics.jsonl", start_step)
@@ -292,7 +298,8 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
 
     def checkpoint(step: int) -> None:
         if master:
-            save_checkpoint(out, step, raw_model, optimizer, {"tokens": tokens_seen})
+            save_checkpoint(out, step, raw_model, optimizer, {"tokens": tokens_seen},
+                            extra={"streams.pt": streams} if tc.stateful and world == 1 else None)
         if distributed:
             dist.barrier()
 
@@ -311,20 +318,26 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
             for micro in range(tc.grad_accum):
                 # one stream of batches per (step, global micro-batch index): 2 processes x 1 micro-batch
                 # read exactly what 1 process x 2 micro-batches reads
-                gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 65_537 + rank * tc.grad_accum + micro)
-                x, y = get_batch(tokens["train"], tc.batch_size, tc.seq_len, gen)
+                index = rank * tc.grad_accum + micro
+                if tc.stateful:
+                    x, y = get_stream_batch(tokens["train"], tc.batch_size, tc.seq_len, step, index, world * tc.grad_accum)
+                else:
+                    gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 65_537 + index)
+                    x, y = get_batch(tokens["train"], tc.batch_size, tc.seq_len, gen)
                 x, y = x.to(device), y.to(device)
-                sync = contextlib.nullcontext() if not distributed or micro == tc.grad_accum - 1 else model.no_sync()
+                last_micro = micro == tc.grad_accum - 1
+                sync = contextlib.nullcontext() if not distributed or last_micro else model.no_sync()
                 with sync:
-                    with autocast():
-                        logits, _ = model(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                    (loss / tc.grad_accum).backward()
-                loss_sum += loss.item()
+                    loss, state = forward_backward(
+                        model, x, y, streams[micro], tc.batch_size * tc.seq_len * tc.grad_accum, autocast,
+                        no_sync=model.no_sync if distributed else contextlib.nullcontext, raw_model=raw_model)
+                if tc.stateful:
+                    streams[micro] = state
+                loss_sum += loss
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
             optimizer.step()
             tokens_seen += tokens_per_step
-            train_loss = loss_sum / tc.grad_accum
+            train_loss = loss_sum / (tc.batch_size * tc.seq_len * tc.grad_accum)
             if distributed:
                 t = torch.tensor(train_loss, device=device)
                 dist.all_reduce(t)

@@ -72,6 +72,19 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.
     return t[:, :-1], t[:, 1:]
 
 
+def get_stream_batch(data: np.ndarray, batch_size: int, seq_len: int, step: int, index: int, n_groups: int):
+    """Contiguous streams (`train.stateful`): row b of micro-batch group `index` is stream
+    `index * batch_size + b`, which starts at an even share of the data and reads the next `seq_len`
+    tokens at every step (1-based), wrapping around at the end. Returns x, y [B, T] int64."""
+    span = len(data) - seq_len - 1
+    if span <= 0:
+        raise HopeError(f"the training split has {len(data)} tokens, fewer than train.seq_len + 1 = {seq_len + 1}")
+    n_streams = batch_size * n_groups
+    starts = [((index * batch_size + b) * (span // n_streams) + (step - 1) * seq_len) % span for b in range(batch_size)]
+    t = torch.from_numpy(np.stack([np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+    return t[:, :-1], t[:, 1:]
+
+
 def val_windows(data: np.ndarray, seq_len: int, max_tokens: int) -> torch.Tensor:
     """Consecutive non-overlapping windows `[N, seq_len + 1]` from the start of the validation split.
 

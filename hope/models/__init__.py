@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 from hope.errors import HopeError
+from hope.models.hope_attention import HopeAttention, HopeAttentionConfig
 from hope.models.transformer import Transformer, TransformerConfig
 
 MODELS = {
     "transformer": Transformer,
+    "hope_attention": HopeAttention,
 }
 
 
@@ -29,4 +31,5 @@ def build_model(arch: str, config):
     return get_model_class(arch)(config)
 
 
-__all__ = ["MODELS", "Transformer", "TransformerConfig", "build_model", "get_model_class"]
+__all__ = ["MODELS", "HopeAttention", "HopeAttentionConfig", "Transformer", "TransformerConfig", "build_model",
+           "get_model_class"]

@@ -1,0 +1,195 @@
+"""What Hope, Hope-Attention and Titans share: a block stack with CMS channel mixers, and the driver
+that lets the CMS learn in context (SPEC 4.3).
+
+`CMSLanguageModel` follows the model protocol (`forward(tokens, state) -> (logits, state)`,
+`init_state`) and adds:
+* `fast_weights(state)`: the per-stream CMS fast weights, in a fixed order;
+* `cms_step(state, grads)`: accumulate their gradients and update levels whose period elapsed;
+* `cms_segment`: the shortest CMS period (None when every level is static);
+* `read(tokens, state, learn=True)`: read a text and learn from it while reading (inference).
+
+`forward_backward(model, x, y, state, loss_norm)` is the training step of every model: in segments of
+the shortest CMS period, forward, backward, then the CMS step; state crossing a segment boundary is
+carried detached. For models without a learning CMS it is one plain forward and backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hope.layers.state import detach_state
+
+
+class MixerCMSBlock(nn.Module):
+    """`x <- x + mixer(RMSNorm(x))`, then the CMS chain (each level pre-norm and residual)."""
+
+    def __init__(self, mixer: nn.Module, cms: nn.Module, d_model: int, norm_eps: float):
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.mixer = mixer
+        self.cms = cms
+
+    def init_state(self, batch_size: int) -> dict:
+        return {"mixer": self.mixer.init_state(batch_size), "cms": self.cms.init_state(batch_size)}
+
+    def forward(self, x, state):
+        y, mixer_state = self.mixer(self.norm(x), state["mixer"])
+        x, cms_state = self.cms(x + y, state["cms"])
+        return x, {"mixer": mixer_state, "cms": cms_state}
+
+
+class CMSLanguageModel(nn.Module):
+    """Embedding, a stack of `MixerCMSBlock`s, final RMSNorm, LM head (tied or not)."""
+
+    def __init__(self, cfg, blocks: list[nn.Module]):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self._init_linear(cfg.init_std, cfg.n_layers)
+
+    def _init_linear(self, std: float, n_layers: int) -> None:
+        """Normal(0, std) for the embedding and the Linear layers of the CMS and of mixers that do not
+        initialize themselves (`own_init = True` on the Titans mixers: their gates and memory states
+        need their own scales); residual output projections shrink with depth (GPT-2)."""
+        nn.init.normal_(self.embed.weight, std=std)
+        for block in self.blocks:
+            parts = [block.cms] if getattr(block.mixer, "own_init", False) else [block.cms, block.mixer]
+            for part in parts:
+                for name, mod in part.named_modules():
+                    if isinstance(mod, nn.Linear):
+                        out_proj = name.endswith(("down", "proj"))
+                        nn.init.normal_(mod.weight, std=std / math.sqrt(2 * n_layers) if out_proj else std)
+
+    @property
+    def max_seq_len(self):
+        return getattr(self.config, "max_seq_len", None)
+
+    @property
+    def cms_segment(self) -> int | None:
+        segs = [b.cms.segment for b in self.blocks if b.cms.segment is not None]
+        return min(segs) if segs else None
+
+    def init_state(self, batch_size: int) -> dict:
+        return {"blocks": [b.init_state(batch_size) for b in self.blocks], "pos": 0}
+
+    def forward(self, tokens: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """
+        Args:
+            tokens: [B, T] token ids.
+            state: from `init_state` or an earlier call; None starts fresh streams.
+        Returns:
+            logits [B, T, V] (float32) and the state after these tokens (CMS fast weights unchanged:
+            they change only in `cms_step`).
+        """
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        x = self.embed(tokens)
+        new = []
+        for block, s in zip(self.blocks, state["blocks"]):
+            x, s = block(x, s)
+            new.append(s)
+        return self.lm_head(self.norm(x)).float(), {"blocks": new, "pos": state["pos"] + tokens.shape[1]}
+
+    def fast_weights(self, state: dict) -> list[torch.Tensor]:
+        return [w for b, s in zip(self.blocks, state["blocks"]) for w in b.cms.fast_weights(s["cms"])]
+
+    def cms_step(self, state: dict, grads: list) -> dict:
+        """Apply the CMS rule after a segment. `grads` align with `fast_weights(state)` and are sums
+        over the segment's tokens of the next-token loss gradient. Returns a detached state."""
+        state = detach_state(state)
+        blocks, i = [], 0
+        for b, s in zip(self.blocks, state["blocks"]):
+            n = len(b.cms.fast_weights(s["cms"]))
+            blocks.append({**s, "cms": b.cms.step(s["cms"], grads[i:i + n])})
+            i += n
+        return {**state, "blocks": blocks}
+
+    def read(self, tokens: torch.Tensor, state: dict | None = None, learn: bool = True) -> tuple[torch.Tensor, dict]:
+        """Read `tokens` [B, T] and keep learning from them (SPEC 4.3 at inference).
+
+        With `learn`, the text is read in segments of the shortest CMS period; after each segment the
+        CMS levels take the gradient of the next-token loss of the tokens read so far (the target of
+        a segment's last token is the next segment's first token; the very last token has none).
+        In-context memories of the mixers learn either way. Returns logits [B, T, V] and the state.
+        """
+        seg = self.cms_segment
+        if not learn or seg is None:
+            with torch.no_grad():
+                return self(tokens, state)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        outs, T, a = [], tokens.shape[1], 0
+        while a < T:
+            b = min(T, a + seg - state["pos"] % seg)
+            state = detach_state(state)
+            leaves = self.fast_weights(state)
+            with torch.enable_grad():
+                for w in leaves:
+                    w.requires_grad_(True)
+                logits, state = self(tokens[:, a:b], state)
+                n_targets = min(b + 1, T) - (a + 1)
+                if n_targets > 0:
+                    loss = F.cross_entropy(logits[:, :n_targets].flatten(0, 1),
+                                           tokens[:, a + 1:a + 1 + n_targets].flatten(), reduction="sum")
+                    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+                else:
+                    grads = [None] * len(leaves)
+            state = self.cms_step(state, list(grads))
+            outs.append(logits.detach())
+            a = b
+        return torch.cat(outs, 1), state
+
+
+def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: float, autocast=contextlib.nullcontext,
+                     no_sync=contextlib.nullcontext, raw_model=None):
+    """One micro-step of training: forward, loss, backward (and the CMS steps of a learning CMS).
+
+    Args:
+        model: the model as called (possibly DDP- or compile-wrapped).
+        x, y: [B, T] inputs and next-token targets.
+        state: the in-context state to start from (None: fresh streams).
+        loss_norm: the summed token loss is divided by this before backward (tokens per optimizer step).
+        autocast: context manager factory for mixed precision.
+        no_sync: context manager factory that suspends DDP gradient sync (all segments but the last).
+        raw_model: the unwrapped model (for `cms_segment`, `fast_weights`, `cms_step`).
+    Returns:
+        (summed loss over the B*T tokens as a float, the state after the batch, detached; None for models
+        without in-context state to carry).
+    """
+    raw = raw_model if raw_model is not None else model
+    seg = getattr(raw, "cms_segment", None)
+    if seg is None:
+        with autocast():
+            logits, state = model(x, state)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+        (loss / loss_norm).backward()
+        return loss.item(), (detach_state(state) if state is not None else None)
+    if state is None:
+        state = raw.init_state(x.shape[0])
+    total, T, a = 0.0, x.shape[1], 0
+    while a < T:
+        b = min(T, a + seg - state["pos"] % seg)
+        state = detach_state(state)
+        leaves = raw.fast_weights(state)
+        for w in leaves:
+            w.requires_grad_(True)
+        with (no_sync() if b < T else contextlib.nullcontext()):
+            with autocast():
+                logits, state = model(x[:, a:b], state)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y[:, a:b].flatten(), reduction="sum")
+            (loss / loss_norm).backward()
+        grads = [None if w.grad is None else w.grad * loss_norm for w in leaves]
+        state = raw.cms_step(state, grads)
+        total += loss.item()
+        a = b
+    return total, state

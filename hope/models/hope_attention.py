@@ -1,0 +1,71 @@
+"""Hope-Attention (SPEC 4.4): causal softmax attention as the sequence mixer, then the Continuum Memory
+System as the channel mixer. The attention's KV cache and the CMS fast weights form the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hope.errors import HopeError
+from hope.layers.attention import AttentionMixer
+from hope.layers.cms import CMS, VARIANTS
+from hope.models.common import CMSLanguageModel, MixerCMSBlock
+
+
+@dataclass
+class HopeAttentionConfig:
+    vocab_size: int = 8192  # set from the tokenizer when a run starts
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    max_seq_len: int = 1024  # longest sequence (RoPE tables, KV cache)
+    rope_theta: float = 10000.0
+    cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
+    cms_hidden: int = 176  # SwiGLU width of every CMS level
+    cms_variant: str = "sequential"  # sequential | nested | independent
+    cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
+    cms_decay: float = 0.0  # pull of the fast weights towards the meta-learned ones, per update
+    cms: bool = True  # False: the ablation "no CMS" (one static MLP of width len(cms_periods) * cms_hidden)
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        validate_common(self)
+
+
+def validate_common(cfg) -> None:
+    """Checks shared by the CMS models' configs."""
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "cms_hidden"):
+        if getattr(cfg, name) <= 0:
+            raise HopeError(f"model.{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.d_model % cfg.n_heads:
+        raise HopeError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
+    if getattr(cfg, "max_seq_len", None) is not None and cfg.max_seq_len <= 0:
+        raise HopeError(f"model.max_seq_len must be > 0, got {cfg.max_seq_len}")
+    if cfg.cms_variant not in VARIANTS:
+        raise HopeError(f"model.cms_variant must be one of {', '.join(VARIANTS)}; got {cfg.cms_variant!r}")
+    periods = [p for p in cfg.cms_periods if p is not None]
+    if not cfg.cms_periods or any(p <= 0 for p in periods):
+        raise HopeError(f"model.cms_periods must list positive periods or none; got {cfg.cms_periods}")
+    if periods and any(p % min(periods) for p in periods):
+        raise HopeError(f"every CMS period must be a multiple of the shortest one; got {cfg.cms_periods}")
+    if cfg.cms_lr < 0 or not 0 <= cfg.cms_decay < 1:
+        raise HopeError("model.cms_lr must be >= 0 and model.cms_decay in [0, 1)")
+
+
+def build_cms(cfg) -> CMS:
+    """The CMS of one block; with `cms=False`, one static SwiGLU of the same total width."""
+    if not cfg.cms:
+        return CMS(cfg.d_model, cfg.cms_hidden * len(cfg.cms_periods), (None,), norm_eps=cfg.norm_eps)
+    return CMS(cfg.d_model, cfg.cms_hidden, tuple(cfg.cms_periods), cfg.cms_variant, cfg.cms_lr, cfg.cms_decay,
+               cfg.norm_eps)
+
+
+class HopeAttention(CMSLanguageModel):
+    config_class = HopeAttentionConfig
+
+    def __init__(self, cfg: HopeAttentionConfig):
+        blocks = [MixerCMSBlock(AttentionMixer(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_theta),
+                                build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
+        super().__init__(cfg, blocks)
