@@ -37,6 +37,23 @@ from hope.layers.conv import CausalConv1d
 from hope.layers.memory import MemoryBank, chunk_ranges
 
 
+def cat_heads(a, b):
+    """Stack two op states of one kind and one pos on the head axis."""
+    if a.pos != b.pos:
+        raise ValueError(f"states at different chunk positions: {a.pos} != {b.pos}")
+    fields = []
+    for x, y in zip(a[:-1], b[:-1]):
+        if (x is None) != (y is None):
+            raise ValueError("cannot stack a state with None momentum or chunk weights on one without")
+        fields.append(None if x is None else torch.cat([x, y], dim=1))
+    return type(a)(*fields, a.pos)
+
+
+def head_slice(st, h0: int, h1: int):
+    """The heads `[h0, h1)` of an op state (views)."""
+    return type(st)(*(None if x is None else x[:, h0:h1] for x in st[:-1]), st[-1])
+
+
 class SelfModifyingTitans(nn.Module):
     """Self-modifying Titans token mixer. `y, state = layer(x, state)`, `x, y: [B, T, d_model]`.
 
@@ -115,6 +132,29 @@ class SelfModifyingTitans(nn.Module):
                 "conv": {n: c.init_cache(batch_size, ref) for n, c in self.convs.items()},
                 "t": 0}
 
+    def project(self, proj, xh, raw, t0, t1, conv):
+        """k, v, q [B, L, H, D] and eta, alpha [B, L, H] of one projection chunk `[t0, t1)`.
+
+        proj: state of the projection memories (read at its chunk start); xh: [B, L, H, D];
+        raw: outputs of the static projections over the whole call; conv: caches, updated in place.
+        """
+        B, L, H, D = xh.shape
+        P = len(self.proj_names)
+        rd = self.proj.read_start(proj, xh.repeat(1, 1, P, 1)).view(B, L, P, H, D)
+        idx = {n: i for i, n in enumerate(self.proj_names)}
+        out = {}
+        for n in "kvq":
+            c = rd[:, :, idx[n]] if n in idx else raw[n][:, t0:t1]
+            y, conv[n] = self.convs[n](c.reshape(B, L, H * D), conv[n])
+            y = y.view(B, L, H, D)
+            out[n] = y if n == "v" else F.normalize(y, dim=-1, eps=self.eps)
+        eta = self.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
+        if self.retention:
+            alpha = torch.sigmoid((rd[:, :, idx["alpha"]] * self.w_alpha).sum(-1) + self.b_alpha)
+        else:
+            alpha = eta.new_ones(eta.shape)
+        return out["k"], out["v"], out["q"], eta, alpha
+
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
         """x: [B, T, d_model] -> (y [B, T, d_model], state after the last token)."""
         B, T, _ = x.shape
@@ -124,41 +164,40 @@ class SelfModifyingTitans(nn.Module):
         xh = self.W_in(x).view(B, T, H, D)
         beta = torch.sigmoid(self.W_beta(x)) if self.momentum else x.new_zeros(B, T, H)
         raw = {n: torch.einsum("bthd,hed->bthe", xh, self.static[n]) for n in self.static_names}
-        idx = {n: i for i, n in enumerate(self.proj_names)}
         conv = dict(state["conv"])
-        proj = state["proj"]
-        ks, vs, qs, etas, alphas = [], [], [], [], []
-        for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
-            L = t1 - t0
-            # projections of this chunk from the projection memories' chunk-start states
-            rd = self.proj.read_start(proj, xh[:, t0:t1].repeat(1, 1, P, 1)).view(B, L, P, H, D)
-            c = {n: (rd[:, :, idx[n]] if n in idx else raw[n][:, t0:t1]) for n in "kvq"}
-            k, conv["k"] = self.convs["k"](c["k"].reshape(B, L, H * D), conv["k"])
-            v, conv["v"] = self.convs["v"](c["v"].reshape(B, L, H * D), conv["v"])
-            k = F.normalize(k.view(B, L, H, D), dim=-1, eps=self.eps)
-            v = v.view(B, L, H, D)
-            eta = self.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
-            if self.retention:
-                alpha = torch.sigmoid((rd[:, :, idx["alpha"]] * self.w_alpha).sum(-1) + self.b_alpha)
-            else:
-                alpha = eta.new_ones(eta.shape)
-            # self-generated targets M_box,c(v_t); the projection memories learn from this chunk
-            kP = k.repeat(1, 1, P, 1)
-            target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))
-            _, proj = self.proj.update(proj, kP, kP, target, eta.repeat(1, 1, P), alpha.repeat(1, 1, P),
-                                       beta[:, t0:t1].repeat(1, 1, P), self.chunk_proj, self.dgd)
-            ks.append(k), vs.append(v), qs.append(c["q"]), etas.append(eta), alphas.append(alpha)
-        k, v, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, etas, alphas))
-        q, conv["q"] = self.convs["q"](torch.cat(qs, dim=1).reshape(B, T, H * D), conv["q"])
-        q = F.normalize(q.view(B, T, H, D), dim=-1, eps=self.eps)
-        # main memory: targets from its own chunk-start state, so one op call per C_mem chunk
-        mem = state["mem"]
+        proj, mem = state["proj"], state["mem"]
         outs = []
-        for t0, t1 in chunk_ranges(T, self.chunk_mem, mem.pos):
-            target = self.memory.read_start(mem, v[:, t0:t1])
-            o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
-                                        alpha[:, t0:t1], beta[:, t0:t1], self.chunk_mem, self.dgd)
-            outs.append(o)
+        if self.chunk_proj == self.chunk_mem and self.proj.kind == self.memory.kind:
+            # fused: the main memory rides along with the projection memories, one op call per chunk
+            st = cat_heads(proj, mem)
+            for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
+                k, v, q, eta, alpha = self.project(head_slice(st, 0, P * H), xh[:, t0:t1],
+                                                   raw, t0, t1, conv)
+                target = self.proj.read_start(st, v.repeat(1, 1, P + 1, 1))
+                o, st = self.proj.update(st, torch.cat([k.repeat(1, 1, P, 1), q], dim=2),
+                                         k.repeat(1, 1, P + 1, 1), target, eta.repeat(1, 1, P + 1),
+                                         alpha.repeat(1, 1, P + 1), beta[:, t0:t1].repeat(1, 1, P + 1),
+                                         self.chunk_proj, self.dgd)
+                outs.append(o[:, :, P * H:])
+            proj, mem = head_slice(st, 0, P * H), head_slice(st, P * H, (P + 1) * H)
+        else:
+            ks, vs, qs, etas, alphas = [], [], [], [], []
+            for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
+                k, v, q, eta, alpha = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
+                # self-generated targets M_box,c(v_t); the projection memories learn from this chunk
+                kP = k.repeat(1, 1, P, 1)
+                target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))
+                _, proj = self.proj.update(proj, kP, kP, target, eta.repeat(1, 1, P),
+                                           alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
+                                           self.chunk_proj, self.dgd)
+                ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha)
+            k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
+            # main memory: targets from its own chunk-start state, so one op call per C_mem chunk
+            for t0, t1 in chunk_ranges(T, self.chunk_mem, mem.pos):
+                target = self.memory.read_start(mem, v[:, t0:t1])
+                o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
+                                            alpha[:, t0:t1], beta[:, t0:t1], self.chunk_mem, self.dgd)
+                outs.append(o)
         o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, D)
         o = F.rms_norm(o, (D,), eps=self.eps) * self.norm_weight
         y = self.W_o(o.flatten(2) * F.silu(self.W_g(x)))

@@ -17,6 +17,9 @@ LAYERS = {
     "selfmod": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8, **kw),
     "selfmod-proj8-mem4": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=8, chunk_mem=4,
                                                            **kw),
+    "selfmod-fused": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=4, **kw),
+    "selfmod-fused-linear": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=8, chunk_mem=8,
+                                                             memory="linear", proj_memory="linear", **kw),
     "selfmod-linear": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
                                                        memory="linear", proj_memory="linear", **kw),
     "selfmod-static-q-silu": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
@@ -80,7 +83,7 @@ def test_pieces_equal_whole(name):
         assert sp["t"] == T
 
 
-@pytest.mark.parametrize("name", ["titans", "selfmod", "selfmod-linear"])
+@pytest.mark.parametrize("name", ["titans", "selfmod", "selfmod-fused", "selfmod-linear"])
 def test_token_by_token_equals_whole(name):
     layer = make(name)
     x = torch.randn(2, 21, D_MODEL, dtype=torch.float64)
@@ -91,7 +94,7 @@ def test_token_by_token_equals_whole(name):
 
 
 @pytest.mark.parametrize("name", ["titans", "titans-linear-dgd", "selfmod", "selfmod-proj8-mem4",
-                                  "selfmod-linear"])
+                                  "selfmod-fused", "selfmod-fused-linear", "selfmod-linear"])
 def test_naive_ops_equal_chunk_ops(name):
     fast, ref = make(name), make(name, impl="naive")
     ref.load_state_dict(fast.state_dict())
@@ -123,10 +126,11 @@ def check_grads(layer):
             assert p.grad.abs().sum() > 0, f"{n} has a zero gradient"
 
 
+@pytest.mark.parametrize("chunk_mem", [8, 4], ids=["separate", "fused"])
 @pytest.mark.parametrize("ablation", list(SELFMOD_ABLATIONS))
-def test_selfmod_gradients_reach_every_parameter(ablation):
+def test_selfmod_gradients_reach_every_parameter(ablation, chunk_mem):
     torch.manual_seed(0)
-    layer = SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
+    layer = SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=chunk_mem,
                                 **SELFMOD_ABLATIONS[ablation]).double()
     check_grads(layer)
 
