@@ -206,23 +206,38 @@ def chunk_decays(alpha: torch.Tensor, beta: torch.Tensor) -> ChunkDecays:
 
 
 class KeyedOperators(NamedTuple):
-    """Precomputed (state-independent) operators of a keyed layer over the chunks of one segment.
+    """Precomputed (state-independent) operators of a keyed layer, for one chunk or stacked over
+    the chunks of a segment (an extra N axis after H; `unbind_chunks` splits them).
 
     For a chunk with start state (Theta, S), keys K, queries Q, and per-token error vectors U (the
     gradient of token s is `u_s k_s^T`), with `KT = K Theta^T`, `KS = K S^T`, `QT`, `QS` alike:
-      `[O'; Z; Zs] = big @ [KT; KS; U]`  (rows: C reads, C state weights, C momentum weights)
-      reads    `O     = O' + gamma * QT + m * QS`           (o_t = Theta_t q_t)
-      state    `Theta_C = gamma_C Theta + m_C S + Z^T K`
-      momentum `S_C     = P_C S + Zs^T K`
-    Without DGD the KT, KS columns are zero and `big` keeps only the U column.
+      with DGD  `[O'; Z'] = big @ [KT; KS; U]`, without  `O' = -read_u @ U`, `Z' = 0`
+      reads    `O       = O' + gamma * QT + m * QS`          (o_t = Theta_t q_t)
+      state    `Theta_C = gamma_C Theta + m_C S + (Z' - e_last * U)^T K`
+      momentum `S_C     = P_C S - (d_last * U)^T K`
     """
 
-    big: torch.Tensor      # [B, H, N, 3C, 3C] (DGD) or [B, H, N, 3C, C]
-    gamma: torch.Tensor    # [B, H, N, C]
-    m: torch.Tensor        # [B, H, N, C]
-    gamma_C: torch.Tensor  # [B, H, N]
-    m_C: torch.Tensor      # [B, H, N]
-    P_C: torch.Tensor      # [B, H, N]
+    big: Optional[torch.Tensor]     # [B, H, (N,) 2C, 3C] with DGD, else None
+    read_u: Optional[torch.Tensor]  # [B, H, (N,) C, C] without DGD, else None
+    e_last: torch.Tensor            # [B, H, (N,) C] E[C-1, s] eta_s
+    d_last: torch.Tensor            # [B, H, (N,) C] D[C-1, s] eta_s
+    gamma: torch.Tensor             # [B, H, (N,) C]
+    m: torch.Tensor                 # [B, H, (N,) C]
+    gamma_C: torch.Tensor           # [B, H, (N,)]
+    m_C: torch.Tensor               # [B, H, (N,)]
+    P_C: torch.Tensor               # [B, H, (N,)]
+
+
+def unbind_chunks(nt, dim: int = 2):
+    """Split a NamedTuple of tensors stacked over chunks into one NamedTuple per chunk.
+
+    Unbinding once (instead of indexing chunk n inside the loop) keeps the backward linear in
+    the number of chunks: each indexing op would scatter its gradient into a zero tensor of the
+    full stacked size.
+    """
+    fields = [x.unbind(dim) if isinstance(x, torch.Tensor) else None for x in nt]
+    n = next(len(f) for f in fields if f is not None)
+    return [type(nt)(*(f[i] if f is not None else None for f in fields)) for i in range(n)]
 
 
 def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
@@ -236,31 +251,25 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
     `L = Gam_prev o KK^T` (strictly lower), solved once per chunk, independent of the state.
     """
     C = k.shape[-2]
-    eye = torch.eye(C, dtype=k.dtype, device=k.device)
-    kk = k @ k.transpose(-1, -2)                  # [.., C, C] k_s . k_t
     qk = q @ k.transpose(-1, -2)                  # [.., C, C] q_t . k_s
     # reads: -sum_{s<=t} E[t,s] eta_s (k_s . q_t) u_s
-    read_u = (dec.E * qk) * eta.unsqueeze(-2)     # [.., C, C] (coefficient of U, sign applied below)
+    read_u = (dec.E * qk) * eta.unsqueeze(-2)     # [.., C, C]
     e_last = dec.E[..., -1, :] * eta              # [.., C] weight of -u_s in Z
     d_last = dec.D[..., -1, :] * eta              # [.., C] weight of -u_s in Zs
+    big = None
     if dgd:
+        eye = torch.eye(C, dtype=k.dtype, device=k.device)
+        kk = k @ k.transpose(-1, -2)              # [.., C, C] k_s . k_t
         A = eye + eta.unsqueeze(-1) * (dec.Gam_prev * kk)
         # Tn = (I + diag(eta) L)^{-1} diag(-eta): Y = Tn [gamma_prev*KT + m_prev*KS - Ek U]
         Tn = torch.linalg.solve_triangular(A, torch.diag_embed(-eta), upper=False,
                                            unitriangular=True)
-        Ek = (dec.E_prev * kk.transpose(-1, -2)) * eta.unsqueeze(-2)  # [t, s]: E_prev[t,s] eta_s k_s.k_t
-        Gq = dec.Gam * qk                                            # reads of the y_j k_j^T terms
-        TnEk = Tn @ Ek
-        g_last = dec.Gam[..., -1, :].unsqueeze(-1)                  # [.., C, 1]
-        rows_o = torch.cat([Gq @ (Tn * dec.gamma_prev.unsqueeze(-2)),
-                            Gq @ (Tn * dec.m_prev.unsqueeze(-2)),
-                            -(read_u + Gq @ TnEk)], dim=-1)
-        rows_z = torch.cat([g_last * Tn * dec.gamma_prev.unsqueeze(-2),
-                            g_last * Tn * dec.m_prev.unsqueeze(-2),
-                            -(g_last * TnEk + torch.diag_embed(e_last))], dim=-1)
-        zero = torch.zeros_like(Tn)
-        rows_s = torch.cat([zero, zero, -torch.diag_embed(d_last)], dim=-1)
-        big = torch.cat([rows_o, rows_z, rows_s], dim=-2)
-    else:
-        big = torch.cat([-read_u, -torch.diag_embed(e_last), -torch.diag_embed(d_last)], dim=-2)
-    return KeyedOperators(big, dec.gamma, dec.m, dec.gamma[..., -1], dec.m[..., -1], dec.P[..., -1])
+        Ek = (dec.E_prev * kk) * eta.unsqueeze(-2)  # [t, s]: E_prev[t,s] eta_s k_s.k_t
+        # rows 0..C-1: reads of the y_j k_j^T terms (Gam o QK^T) Y; rows C..2C-1: Gam[C-1, j] y_j
+        lift = torch.cat([dec.Gam * qk, torch.diag_embed(dec.Gam[..., -1, :])], dim=-2)
+        lifted = lift @ torch.cat([Tn * dec.gamma_prev.unsqueeze(-2), Tn * dec.m_prev.unsqueeze(-2),
+                                   -(Tn @ Ek)], dim=-1)         # [.., 2C, 3C]
+        big = lifted - F.pad(read_u, (2 * C, 0, 0, C))          # minus read_u in the U block
+        read_u = None
+    return KeyedOperators(big, read_u, e_last, d_last, dec.gamma, dec.m, dec.gamma[..., -1],
+                          dec.m[..., -1], dec.P[..., -1])

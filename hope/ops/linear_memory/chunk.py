@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
-                            from_chunks, keyed_operators, split_segments, to_chunks)
+                            from_chunks, keyed_operators, split_segments, to_chunks,
+                            unbind_chunks)
 
 
 def keyed_products(W, S, k, q):
@@ -28,18 +29,23 @@ def keyed_products(W, S, k, q):
     return prods[..., :C, :Do], prods[..., :C, Do:], prods[..., C:, :Do], prods[..., C:, Do:]
 
 
-def keyed_apply(ops, n, W, S, k, KT, KS, QT, QS, U, dgd):
-    """Reads and next state of a keyed layer over chunk n of a segment (see KeyedOperators).
+def keyed_apply(ops, W, S, k, KT, KS, QT, QS, U):
+    """Reads and next state of a keyed layer over one chunk (ops: per-chunk KeyedOperators).
 
     U: [B, H, C, Do], the gradient of token s is `u_s k_s^T`. Returns o [B, H, C, Do], W, S.
     """
     C, Do = k.shape[-2], W.shape[-2]
-    cols = torch.cat([KT, KS, U], dim=-2) if dgd else U
-    out = ops.big[:, :, n] @ cols                                   # [B, H, 3C, Do]
-    o = out[..., :C, :] + ops.gamma[:, :, n, :, None] * QT + ops.m[:, :, n, :, None] * QS
-    upd = torch.cat([out[..., C:2 * C, :], out[..., 2 * C:, :]], dim=-1).transpose(-1, -2) @ k
-    W_new = ops.gamma_C[:, :, n, None, None] * W + ops.m_C[:, :, n, None, None] * S + upd[..., :Do, :]
-    S_new = ops.P_C[:, :, n, None, None] * S + upd[..., Do:, :]
+    if ops.big is not None:
+        out = ops.big @ torch.cat([KT, KS, U], dim=-2)            # [B, H, 2C, Do]
+        o, Z = out[..., :C, :], out[..., C:, :]
+        Z = Z - ops.e_last.unsqueeze(-1) * U
+    else:
+        o, Z = -(ops.read_u @ U), -ops.e_last.unsqueeze(-1) * U
+    o = o + ops.gamma.unsqueeze(-1) * QT + ops.m.unsqueeze(-1) * QS
+    Zs = -ops.d_last.unsqueeze(-1) * U
+    upd = torch.cat([Z, Zs], dim=-1).transpose(-1, -2) @ k       # [B, H, 2Do, Di]
+    W_new = ops.gamma_C[..., None, None] * W + ops.m_C[..., None, None] * S + upd[..., :Do, :]
+    S_new = ops.P_C[..., None, None] * S + upd[..., Do:, :]
     return o, W_new, S_new
 
 
@@ -89,19 +95,18 @@ def chunk_linear_memory(
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
-        ops = keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd)
+        ops = unbind_chunks(keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd))
         seg = []
-        for n in range(kc.shape[2]):
-            k_n, v_n = kc[:, :, n], vc[:, :, n]
+        for ops_n, k_n, q_n, v_n in zip(ops, kc.unbind(2), qc.unbind(2), vc.unbind(2)):
             if not resumed:
                 W0 = W                                                      # chunk-start state
-            KT, KS, QT, QS = keyed_products(W, S, k_n, qc[:, :, n])
+            KT, KS, QT, QS = keyed_products(W, S, k_n, q_n)
             if objective == "l2":
                 KT0 = KT if W0 is W else k_n @ W0.transpose(-1, -2)
                 U = KT0 - v_n                                               # W0 k_s - v_s
             else:
                 U = -v_n
-            o, W, S = keyed_apply(ops, n, W, S, k_n, KT, KS, QT, QS, U, dgd)
+            o, W, S = keyed_apply(ops_n, W, S, k_n, KT, KS, QT, QS, U)
             seg.append(o)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)

@@ -10,13 +10,23 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 from hope.ops.linear_memory.chunk import keyed_apply, keyed_products
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays, expand_state,
-                            from_chunks, keyed_operators, split_segments, to_chunks)
+                            from_chunks, keyed_operators, split_segments, to_chunks,
+                            unbind_chunks)
+
+
+class W1Decays(NamedTuple):
+    """What W1's dual-form read needs from the chunk decays (see ChunkDecays)."""
+
+    E: torch.Tensor      # [B, H, (N,) C, C]
+    gamma: torch.Tensor  # [B, H, (N,) C]
+    m: torch.Tensor      # [B, H, (N,) C]
+    eta: torch.Tensor    # [B, H, (N,) C]
 
 
 def chunk_mlp_memory(
@@ -78,10 +88,11 @@ def chunk_mlp_memory(
         qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
         dec = chunk_decays(alphac, betac)
-        ops2 = keyed_operators(kc, qc, etac, dec, dgd)                     # W2: keys k, queries q
+        ops2 = unbind_chunks(keyed_operators(kc, qc, etac, dec, dgd))      # W2: keys k, queries q
+        dec_w1 = unbind_chunks(W1Decays(dec.E, dec.gamma, dec.m, etac))
         seg = []
-        for n in range(kc.shape[2]):
-            k_n, q_n, v_n, eta_n = kc[:, :, n], qc[:, :, n], vc[:, :, n], etac[:, :, n]
+        for ops_n, d_n, k_n, q_n, v_n in zip(ops2, dec_w1, kc.unbind(2), qc.unbind(2),
+                                             vc.unbind(2)):
             if not resumed:
                 W1_0, W2_0 = W1, W2                                         # chunk-start state
             KT, KS, QT, QS = keyed_products(W2, S2, k_n, q_n)
@@ -91,19 +102,17 @@ def chunk_mlp_memory(
             err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
             delta = (err @ W1_0) * dsigma(h)                                # W2's error, [B, H, L, E]
             # W2 (keyed, DGD): hq_t = W2_t q_t
-            hq, W2, S2 = keyed_apply(ops2, n, W2, S2, k_n, KT, KS, QT, QS, delta, dgd)
+            hq, W2, S2 = keyed_apply(ops_n, W2, S2, k_n, KT, KS, QT, QS, delta)
             # W1 (no DGD), dual form: W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
             zq = sigma(hq)                                                  # [B, H, L, E]
-            E_n, D_n = dec.E[:, :, n], dec.D[:, :, n]
-            coef = (E_n * (zq @ z.transpose(-1, -2))) * eta_n.unsqueeze(-2)   # [B, H, L, L]
+            coef = d_n.E * (zq @ z.transpose(-1, -2)) * d_n.eta.unsqueeze(-2)  # [B, H, L, L]
             QW = zq @ torch.cat([W1, S1], dim=-2).transpose(-1, -2)           # [B, H, L, 2D]
-            o1 = (dec.gamma[:, :, n, :, None] * QW[..., :D] + dec.m[:, :, n, :, None] * QW[..., D:]
-                  - coef @ err)
-            we = torch.cat([E_n[..., -1, :, None] * err, D_n[..., -1, :, None] * err], dim=-1)
-            upd = (we * eta_n.unsqueeze(-1)).transpose(-1, -2) @ z           # [B, H, 2D, E]
-            W1, S1 = (dec.gamma[:, :, n, -1, None, None] * W1 + dec.m[:, :, n, -1, None, None] * S1
+            o1 = d_n.gamma.unsqueeze(-1) * QW[..., :D] + d_n.m.unsqueeze(-1) * QW[..., D:] - coef @ err
+            ops_u = torch.cat([ops_n.e_last.unsqueeze(-1) * err, ops_n.d_last.unsqueeze(-1) * err], -1)
+            upd = ops_u.transpose(-1, -2) @ z                                 # [B, H, 2D, E]
+            W1, S1 = (ops_n.gamma_C[..., None, None] * W1 + ops_n.m_C[..., None, None] * S1
                       - upd[..., :D, :],
-                      dec.P[:, :, n, -1, None, None] * S1 - upd[..., D:, :])
+                      ops_n.P_C[..., None, None] * S1 - upd[..., D:, :])
             seg.append(q_n + o1)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)

@@ -1,0 +1,103 @@
+"""Speed of the memory ops (hope/ops) against causal attention, forward + backward, on CPU.
+
+For B=4, H=8, d_h=64 and T in {512, 2048}: median wall time of forward+backward of
+`chunk_linear_memory`, `chunk_mlp_memory`, `naive_recurrent_*` (T=512 only by default: the token
+loop takes tens of seconds at 2048) and causal `scaled_dot_product_attention` of the same shape,
+all in one process, printed as a table with ratios to attention and to the naive form.
+
+Run: python benchmarks/ops.py [--T 512 2048] [--repeats 5] [--chunk-size 64] [--naive-max-T 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
+                      naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
+
+
+def make_inputs(B, T, H, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    leaf = lambda x: x.requires_grad_()  # noqa: E731
+    return dict(
+        q=leaf(F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)),
+        k=leaf(F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)),
+        v=leaf(torch.randn(B, T, H, D, generator=g)),
+        eta=leaf(0.5 * torch.rand(B, T, H, generator=g)),
+        alpha=leaf(0.9 + 0.1 * torch.rand(B, T, H, generator=g)),
+        beta=leaf(0.9 * torch.rand(B, T, H, generator=g)),
+    )
+
+
+def memory_case(op, kind, H, D, **kw):
+    g = torch.Generator().manual_seed(1)
+    if kind == "linear":
+        state = LinearMemoryState(torch.zeros(H, D, D, requires_grad=True))
+    else:
+        state = MLPMemoryState(torch.zeros(H, D, 2 * D, requires_grad=True),
+                               (torch.randn(H, 2 * D, D, generator=g) / D ** 0.5).requires_grad_())
+
+    def fn(inp):
+        o, _ = op(**inp, initial_state=state, **kw)
+        return o
+    return fn
+
+
+def attention(inp):
+    q, k, v = (x.transpose(1, 2) for x in (inp["q"], inp["k"], inp["v"]))  # [B, H, T, D]
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def time_fwd_bwd(fn, inp, repeats):
+    times = []
+    for i in range(repeats + 1):
+        for x in inp.values():
+            x.grad = None
+        t0 = time.perf_counter()
+        out = fn(inp)
+        out.backward(torch.ones_like(out))
+        dt = time.perf_counter() - t0
+        if i:  # the first run warms up allocators and caches
+            times.append(dt)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--B", type=int, default=4)
+    ap.add_argument("--H", type=int, default=8)
+    ap.add_argument("--D", type=int, default=64)
+    ap.add_argument("--T", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--naive-max-T", type=int, default=512)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    B, H, D, C = args.B, args.H, args.D, args.chunk_size
+    print(f"B={B} H={H} d_h={D} chunk_size={C} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__}; forward+backward, median of {args.repeats} runs")
+    print(f"{'T':>6} {'op':<8} {'attn ms':>9} {'chunk ms':>9} {'naive ms':>9} "
+          f"{'chunk/attn':>10} {'naive/chunk':>11}")
+    for T in args.T:
+        inp = make_inputs(B, T, H, D)
+        t_attn = time_fwd_bwd(attention, inp, args.repeats)
+        for kind, naive, chunk in (("linear", naive_recurrent_linear_memory, chunk_linear_memory),
+                                   ("mlp", naive_recurrent_mlp_memory, chunk_mlp_memory)):
+            t_chunk = time_fwd_bwd(memory_case(chunk, kind, H, D, chunk_size=C), inp, args.repeats)
+            if T <= args.naive_max_T:
+                t_naive = time_fwd_bwd(memory_case(naive, kind, H, D, chunk_size=C), inp,
+                                       max(1, args.repeats // 2))
+                naive_s, ratio_s = f"{1e3 * t_naive:9.1f}", f"{t_naive / t_chunk:11.1f}"
+            else:
+                naive_s, ratio_s = f"{'skipped':>9}", f"{'-':>11}"
+            print(f"{T:>6} {kind:<8} {1e3 * t_attn:9.1f} {1e3 * t_chunk:9.1f} {naive_s} "
+                  f"{t_chunk / t_attn:10.2f} {ratio_s}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
