@@ -3,9 +3,12 @@
 For B=4, H=8, d_h=64 and T in {512, 2048}: median wall time of forward+backward of
 `chunk_linear_memory`, `chunk_mlp_memory`, `naive_recurrent_*` (T=512 only by default: the token
 loop takes tens of seconds at 2048) and causal `scaled_dot_product_attention` of the same shape,
-all in one process, printed as a table with ratios to attention and to the naive form.
+all in one process, printed as a table with ratios to attention and to the naive form. Timings
+are interleaved (attention, linear, MLP in turn) so that load from other processes biases the
+ratios less; the naive forms run once each without warm-up (the MLP one takes minutes).
 
 Run: python benchmarks/ops.py [--T 512 2048] [--repeats 5] [--chunk-size 64] [--naive-max-T 512]
+     [--naive-repeats 1]
 """
 
 from __future__ import annotations
@@ -53,18 +56,27 @@ def attention(inp):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def time_fwd_bwd(fn, inp, repeats):
-    times = []
-    for i in range(repeats + 1):
-        for x in inp.values():
-            x.grad = None
-        t0 = time.perf_counter()
-        out = fn(inp)
-        out.backward(torch.ones_like(out))
-        dt = time.perf_counter() - t0
-        if i:  # the first run warms up allocators and caches
-            times.append(dt)
-    return statistics.median(times)
+def fwd_bwd_seconds(fn, inp):
+    for x in inp.values():
+        x.grad = None
+    t0 = time.perf_counter()
+    out = fn(inp)
+    out.backward(torch.ones_like(out))
+    return time.perf_counter() - t0
+
+
+def median_times(fns, inp, repeats, warmup=True):
+    """Median seconds of each fn, measured in interleaved rounds after one warm-up round.
+
+    Interleaving makes the ratios robust to load that changes over the run (a shared machine).
+    """
+    times = {name: [] for name in fns}
+    for r in range(repeats + int(warmup)):
+        for name, fn in fns.items():
+            dt = fwd_bwd_seconds(fn, inp)
+            if r or not warmup:
+                times[name].append(dt)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main():
@@ -76,6 +88,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--naive-max-T", type=int, default=512)
+    ap.add_argument("--naive-repeats", type=int, default=1)
     args = ap.parse_args()
     torch.manual_seed(0)
     B, H, D, C = args.B, args.H, args.D, args.chunk_size
@@ -83,15 +96,21 @@ def main():
           f"torch={torch.__version__}; forward+backward, median of {args.repeats} runs")
     print(f"{'T':>6} {'op':<8} {'attn ms':>9} {'chunk ms':>9} {'naive ms':>9} "
           f"{'chunk/attn':>10} {'naive/chunk':>11}")
+    kinds = (("linear", naive_recurrent_linear_memory, chunk_linear_memory),
+             ("mlp", naive_recurrent_mlp_memory, chunk_mlp_memory))
     for T in args.T:
         inp = make_inputs(B, T, H, D)
-        t_attn = time_fwd_bwd(attention, inp, args.repeats)
-        for kind, naive, chunk in (("linear", naive_recurrent_linear_memory, chunk_linear_memory),
-                                   ("mlp", naive_recurrent_mlp_memory, chunk_mlp_memory)):
-            t_chunk = time_fwd_bwd(memory_case(chunk, kind, H, D, chunk_size=C), inp, args.repeats)
-            if T <= args.naive_max_T:
-                t_naive = time_fwd_bwd(memory_case(naive, kind, H, D, chunk_size=C), inp,
-                                       max(1, args.repeats // 2))
+        fns = {"attn": attention}
+        for kind, _, chunk in kinds:
+            fns[kind] = memory_case(chunk, kind, H, D, chunk_size=C)
+        med = median_times(fns, inp, args.repeats)
+        if T <= args.naive_max_T:  # up to minutes per run: no warm-up, --naive-repeats runs
+            naive = {kind: memory_case(op, kind, H, D, chunk_size=C) for kind, op, _ in kinds}
+            med.update({f"naive-{k}": t for k, t in
+                        median_times(naive, inp, args.naive_repeats, warmup=False).items()})
+        for kind, _, _ in kinds:
+            t_attn, t_chunk, t_naive = med["attn"], med[kind], med.get(f"naive-{kind}")
+            if t_naive is not None:
                 naive_s, ratio_s = f"{1e3 * t_naive:9.1f}", f"{t_naive / t_chunk:11.1f}"
             else:
                 naive_s, ratio_s = f"{'skipped':>9}", f"{'-':>11}"

@@ -68,7 +68,8 @@ def chunk_linear_memory(
         q: [B, T, H, D] queries (read after the token's write).
         k: [B, T, H, D] keys.
         v: [B, T, H, D] values (targets).
-        eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys.
+        eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys
+            (see README.md).
         alpha: [B, T, H] retention in (0, 1]; 1 keeps everything.
         beta: [B, T, H] momentum in [0, 1); 0 disables momentum.
         initial_state: LinearMemoryState with W, S broadcastable to [B, H, D, D] (e.g. a

@@ -50,7 +50,7 @@ def chunk_mlp_memory(
         q: [B, T, H, D] queries (read after the token's write).
         k: [B, T, H, D] keys.
         v: [B, T, H, D] values (targets).
-        eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys.
+        eta: [B, T, H] inner learning rate, documented range (0, 1/2) (see README.md).
         alpha: [B, T, H] retention in (0, 1]; 1 keeps everything.
         beta: [B, T, H] momentum in [0, 1); 0 disables momentum.
         initial_state: MLPMemoryState, W1/S1 broadcastable to [B, H, D, E], W2/S2 to
