@@ -4,7 +4,7 @@ Six in-context memories per head: the projection memories `k, v, q, eta, alpha` 
 memory `mem`. For projection chunk c (C_proj tokens) and main-memory chunk c' (C_mem tokens):
 
     x_h          = split_heads(W_in x)
-    k_t          = l2norm(conv4(M_k,c(x_h,t)))       v_t = conv4(M_v,c(x_h,t))
+    k_t          = l2norm(conv4(M_k,c(x_h,t)))       v_t = l2norm(conv4(M_v,c(x_h,t)))  (l2norm: ours)
     q_t          = l2norm(conv4(M_q,c(x_h,t)))
     eta_t        = eta_max * sigmoid(w_eta . M_eta,c(x_h,t) + b_eta)
     alpha_t      = sigmoid(w_alpha . M_alpha,c(x_h,t) + b_alpha)        beta_t = sigmoid(W_beta x)
@@ -74,10 +74,14 @@ class SelfModifyingTitans(nn.Module):
         activation: sigma of MLP memories, "gelu" or "silu".
         conv_size: width of the causal depthwise convolutions on k, v, q.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
-        eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.993,
+        eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         proj_w1_std: initial W1 of MLP projection memories, std relative to 1/sqrt(E), so the
             five projection memories start as distinct near-identity maps.
+        normalize_v: L2-normalize v per head like k and q (not in SPEC 4.2; docs/DEVIATIONS.md):
+            with self-generated targets `M_c(v)` an inner step on a memory is
+            `W <- W (I - eta (k - v) k^T)` (linear case), expansive when `v . k > 1`; without it
+            the layer diverges at init within a few hundred tokens.
         eps: epsilon of the per-head RMSNorm and the L2 normalization.
     """
 
@@ -86,8 +90,8 @@ class SelfModifyingTitans(nn.Module):
                  momentum: bool = True, retention: bool = True, static_k: bool = False,
                  static_v: bool = False, static_q: bool = False, eta_max: float = 0.5,
                  activation: str = "gelu", conv_size: int = 4, impl: str = "chunk",
-                 eta_bias: float = -2.0, alpha_bias: float = 5.0, beta_bias: float = 0.0,
-                 proj_w1_std: float = 0.2, eps: float = 1e-6):
+                 eta_bias: float = -2.0, alpha_bias: float = 8.0, beta_bias: float = 0.0,
+                 proj_w1_std: float = 0.2, normalize_v: bool = True, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -96,7 +100,7 @@ class SelfModifyingTitans(nn.Module):
         self.d_model, self.n_heads = d_model, n_heads
         self.chunk_proj, self.chunk_mem = int(chunk_proj), int(chunk_mem)
         self.dgd, self.momentum, self.retention = dgd, momentum, retention
-        self.eta_max, self.eps = eta_max, eps
+        self.eta_max, self.eps, self.normalize_v = eta_max, eps, normalize_v
         static = {"k": static_k, "v": static_v, "q": static_q}
         # projection memories, in the order they are stacked on the head axis
         self.proj_names = tuple(n for n in "kvq" if not static[n]) + ("eta",) + (("alpha",) if retention else ())
@@ -147,7 +151,7 @@ class SelfModifyingTitans(nn.Module):
             c = rd[:, :, idx[n]] if n in idx else raw[n][:, t0:t1]
             y, conv[n] = self.convs[n](c.reshape(B, L, H * D), conv[n])
             y = y.view(B, L, H, D)
-            out[n] = y if n == "v" else F.normalize(y, dim=-1, eps=self.eps)
+            out[n] = y if n == "v" and not self.normalize_v else F.normalize(y, dim=-1, eps=self.eps)
         eta = self.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
         if self.retention:
             alpha = torch.sigmoid((rd[:, :, idx["alpha"]] * self.w_alpha).sum(-1) + self.b_alpha)

@@ -37,7 +37,7 @@ class TitansMixer(nn.Module):
         activation: sigma of the MLP memory, "gelu" or "silu".
         conv_size: width of the causal depthwise convolutions.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
-        eta_bias, alpha_bias, beta_bias: initial biases of the gate maps (eta ~ 0.06, alpha ~ 0.993,
+        eta_bias, alpha_bias, beta_bias: initial biases of the gate maps (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         eps: epsilon of the per-head RMSNorm and the L2 normalization.
     """
@@ -46,7 +46,7 @@ class TitansMixer(nn.Module):
                  chunk_size: int = 16, dgd: bool = False, momentum: bool = True,
                  retention: bool = True, eta_max: float = 0.5, activation: str = "gelu",
                  conv_size: int = 4, impl: str = "chunk", eta_bias: float = -2.0,
-                 alpha_bias: float = 5.0, beta_bias: float = 0.0, eps: float = 1e-6):
+                 alpha_bias: float = 8.0, beta_bias: float = 0.0, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")

@@ -176,3 +176,19 @@ def test_state_detach_and_init_state_shapes():
     s = detach_state(s)
     y, _ = layer(x, s)
     assert y.shape == x.shape and s["t"] == 5 and s["proj"].pos == 1 and s["mem"].pos == 5
+
+
+@pytest.mark.parametrize("layer_cls", [TitansMixer, SelfModifyingTitans])
+def test_long_stream_stays_bounded_at_init(layer_cls):
+    """float32, default options, 1024 tokens of random input in pieces: no blow-up of the memories."""
+    torch.manual_seed(0)
+    layer = layer_cls(32, 2)
+    x = torch.randn(1, 1024, 32)
+    state = None
+    with torch.no_grad():
+        for i in range(0, 1024, 256):
+            y, state = layer(x[:, i:i + 256], state)
+            assert torch.isfinite(y).all()
+    leaves = []
+    tree_map(leaves.append, state)
+    assert max(t.abs().max().item() for t in leaves) < 1e3
