@@ -11,11 +11,15 @@
 (2) `--lm`: the tiny Transformer++ on the embedded corpus for a fixed token budget with AdamW, Muon and
     M3, through the training CLI (`python -m hope.cli train --recipe tiny --set train.optimizer=...
     train.steps=N`): final validation loss and wall time.
+(3) `--step-time`: the time of one `optimizer.step()` for every `build_optimizer` name on the recipe's
+    model (interleaved, so a loaded machine affects all alike; wall times in (2) are not).
 
 Run:
     python benchmarks/optimizers.py                     # (1), about a minute on 2 CPU cores
     python benchmarks/optimizers.py --lm --lm-steps 150 # (1) and (2)
-    python benchmarks/optimizers.py --skip-toy --lm     # (2) only
+    python benchmarks/optimizers.py --skip-toy --lm --lm-steps 60 \
+        --lm-set train.warmup_steps=10 train.eval_tokens=16384 train.sample_tokens=0   # (2) only, small
+    python benchmarks/optimizers.py --skip-toy --step-time                               # (3) only
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from hope.optim import DMGD, M3, DeltaMomentum, Muon
+from hope.optim import DMGD, M3, OPTIMIZER_NAMES, DeltaMomentum, Muon, build_optimizer
 
 TOY_OPTIMIZERS = {
     "SGD+momentum (0.9)": (lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9), [0.01, 0.03, 0.1, 0.3]),
@@ -42,6 +46,8 @@ TOY_OPTIMIZERS = {
     "DMGD + Newton-Schulz": (lambda ps, lr: DMGD(ps, lr=lr, nonlinearity="newton_schulz"), [0.01, 0.03, 0.1, 0.3]),
     "Muon": (lambda ps, lr: Muon(ps, lr=lr), [0.01, 0.03, 0.1, 0.3]),
     "M3": (lambda ps, lr: M3(ps, lr=lr), [0.01, 0.03, 0.1, 0.3]),
+    "M3, slow memory off (alpha=0)": (lambda ps, lr: M3(ps, lr=lr, alpha=0.0), [0.01, 0.03, 0.1, 0.3]),
+    "M3, literal (normalize=False)": (lambda ps, lr: M3(ps, lr=lr, normalize=False), [1e-4, 3e-4, 1e-3, 3e-3]),
 }
 
 
@@ -113,7 +119,7 @@ def continual_toy(seeds=(0, 1, 2), n_tasks=4, d_in=64, d_out=16, n=512, steps=15
     return header + "\n" + "\n".join(rows)
 
 
-def lm_benchmark(steps: int, optimizers: list[str], recipe: str, keep: Path | None) -> str:
+def lm_benchmark(steps: int, optimizers: list[str], recipe: str, keep: Path | None, overrides: list[str]) -> str:
     """Train `recipe` for `steps` steps with each optimizer via the CLI; read metrics.jsonl."""
     root = keep or Path(tempfile.mkdtemp(prefix="hope-optim-bench-"))
     rows = []
@@ -121,7 +127,7 @@ def lm_benchmark(steps: int, optimizers: list[str], recipe: str, keep: Path | No
     for name in optimizers:
         out = root / name
         cmd = [sys.executable, "-m", "hope.cli", "train", "--recipe", recipe, "--set", f"train.optimizer={name}",
-               f"train.steps={steps}", "--out", str(out), "--overwrite", "--no-progress"]
+               f"train.steps={steps}", *overrides, "--out", str(out), "--overwrite", "--no-progress"]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -144,12 +150,40 @@ def lm_benchmark(steps: int, optimizers: list[str], recipe: str, keep: Path | No
     if keep is None:
         shutil.rmtree(root, ignore_errors=True)
     header = (
-        f"LM: recipe `{recipe}`, {steps} steps ({tokens:,} tokens) per optimizer, train.lr and schedule from the recipe, "
-        "wall time includes start-up and evaluation.\n\n"
+        f"LM: recipe `{recipe}`, {steps} steps ({tokens:,} tokens) per optimizer, overrides {overrides or 'none'}, "
+        "train.lr and schedule otherwise from the recipe; wall time includes start-up, evaluation and sampling.\n\n"
         "| optimizer | final val loss | last train loss | wall time (s) |\n| --- | --- | --- | --- |"
         if tokens else f"LM: recipe `{recipe}`, {steps} steps\n\n| optimizer | final val loss | last train loss | wall time (s) |\n| --- | --- | --- | --- |"
     )
     return header + "\n" + "\n".join(rows)
+
+
+def step_times(recipe: str, rounds: int, threads: int) -> str:
+    """Median time of one `optimizer.step()` on the recipe's model, every `build_optimizer` name, with
+    the optimizers interleaved round by round so that machine load affects them alike."""
+    from hope.models import build_model
+    from hope.recipes import get_recipe
+
+    torch.set_num_threads(threads)
+    cfg = get_recipe(recipe)
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, cfg.model)
+    named = list(model.named_parameters())
+    for _, p in named:
+        p.grad = 1e-3 * torch.randn_like(p)
+    opts = {n: build_optimizer(n, named, lr=cfg.train.lr, weight_decay=0.1) for n in OPTIMIZER_NAMES}
+    times = {n: [] for n in OPTIMIZER_NAMES}
+    with torch.no_grad():
+        for r in range(rounds + 1):
+            for n, opt in opts.items():
+                t0 = time.perf_counter()
+                opt.step()
+                if r > 0:  # the first round allocates state
+                    times[n].append(time.perf_counter() - t0)
+    n_params = sum(p.numel() for _, p in named)
+    rows = [f"| {n} | {1e3 * sorted(t)[len(t) // 2]:.1f} |" for n, t in times.items()]
+    return (f"Optimizer step time: recipe `{recipe}` ({n_params / 1e6:.2f}M parameters), CPU, {threads} thread(s), "
+            f"median of {rounds} interleaved rounds.\n\n| optimizer | ms / step |\n| --- | --- |\n" + "\n".join(rows))
 
 
 def main() -> None:
@@ -159,16 +193,23 @@ def main() -> None:
     parser.add_argument("--lm-steps", type=int, default=150, help="optimizer steps per LM run (default 150)")
     parser.add_argument("--lm-recipe", default="tiny", help="training recipe (default tiny)")
     parser.add_argument("--lm-optimizers", default="adamw,muon,m3", help="comma-separated train.optimizer values")
+    parser.add_argument("--lm-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra `--set` overrides for every LM run, e.g. train.warmup_steps=10")
     parser.add_argument("--lm-keep", default=None, help="keep the run folders under this directory")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the toy (default 3)")
+    parser.add_argument("--step-time", action="store_true", help="also time optimizer.step() on the LM recipe's model")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for --step-time (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_toy:
         print(continual_toy(seeds=tuple(range(args.seeds))))
         print()
+    if args.step_time:
+        print(step_times(args.lm_recipe, rounds=10, threads=args.threads))
+        print()
     if args.lm:
         print(lm_benchmark(args.lm_steps, args.lm_optimizers.split(","), args.lm_recipe,
-                           Path(args.lm_keep) if args.lm_keep else None))
+                           Path(args.lm_keep) if args.lm_keep else None, args.lm_set))
 
 
 if __name__ == "__main__":
