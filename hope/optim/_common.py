@@ -114,12 +114,13 @@ def adamw_step(
 
 
 def as_matrix(t: Tensor) -> Tensor:
-    """View a parameter-shaped tensor as `[shape[0], rest]` (a 1-D tensor as one row, a scalar as 1x1)."""
+    """A parameter-shaped tensor as `[shape[0], rest]` (a 1-D tensor as one row, a scalar as 1x1); a view
+    when `t` is contiguous, a copy otherwise (`reshape`), so never write through it."""
     if t.ndim == 0:
-        return t.view(1, 1)
+        return t.reshape(1, 1)
     if t.ndim == 1:
-        return t.view(1, -1)
-    return t.view(t.shape[0], -1)
+        return t.reshape(1, -1)
+    return t.reshape(t.shape[0], -1)
 
 
 def check(cond: bool, message: str) -> None:

@@ -154,7 +154,7 @@ class DMGD(torch.optim.Optimizer):
         rows = g.shape[0]
         s = (g.norm() / math.sqrt(rows)).clamp(min=group["eps"])
         k = g / s
-        b = as_matrix(state["momentum_buffer"])
+        b = state["momentum_buffer"].view(g.shape)  # contiguous by construction: a view we update in place
         b.mul_(group["momentum"]).add_(k)
         w1, w2 = state["w1"], state["w2"]
         if group["inner_lr"] > 0:
@@ -178,4 +178,4 @@ class DMGD(torch.optim.Optimizer):
             lr = group["lr"]
         if group["weight_decay"] != 0:
             p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(u.view_as(p), alpha=-lr)
+        p.add_(u.reshape_as(p), alpha=-lr)

@@ -160,12 +160,12 @@ class M3(HybridOptimizer):
         for p, f in zip(params, fast):
             state = self.state[p]
             t = state["m3_step"]
-            u = newton_schulz(as_matrix(f), group["ns_steps"]).view_as(p)
+            u = newton_schulz(as_matrix(f), group["ns_steps"]).reshape_as(p)
             if slow:
                 if t % group["slow_every"] == 0:
                     state["m2"].lerp_(state["grad_sum"], 1 - group["beta3"])
                     state["grad_sum"].zero_()
-                    state["o2"].copy_(newton_schulz(as_matrix(state["m2"]), group["ns_steps"]).view_as(p))
+                    state["o2"].copy_(newton_schulz(as_matrix(state["m2"]), group["ns_steps"]).reshape_as(p))
                 u = u.add(state["o2"], alpha=a)
             if second:
                 denom = (state["v"].sqrt() / (1 - b2**t) ** 0.5).add_(group["eps"])

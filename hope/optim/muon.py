@@ -112,7 +112,7 @@ class Muon(HybridOptimizer):
                 buf.lerp_(g, 1 - beta)
                 updates.append(g.lerp(buf, beta) if group["nesterov"] else buf)
         for p, u in zip(params, updates):
-            o = newton_schulz(as_matrix(u), group["ns_steps"]).view_as(p)
+            o = newton_schulz(as_matrix(u), group["ns_steps"]).reshape_as(p)
             if not group["foreach"] and wd != 0:
                 p.mul_(1 - lr * wd)
             p.add_(o, alpha=-adjusted_lr(lr, group["adjust_lr"], p.shape))
