@@ -86,10 +86,49 @@ def hope_attention_base() -> Config:
     return _with_model(base, "hope_attention", cms_periods=(None, 2048, 512), cms_hidden=688)
 
 
+def titans_debug() -> Config:
+    return _with_model(debug, "titans", ffn_hidden=128, chunk_size=16)
+
+
+def titans_tiny() -> Config:
+    return _with_model(tiny, "titans", ffn_hidden=368, chunk_size=16)
+
+
+def titans_small() -> Config:
+    return _with_model(small, "titans", ffn_hidden=1104, chunk_size=64)
+
+
+def titans_base() -> Config:
+    return _with_model(base, "titans", ffn_hidden=1696, chunk_size=64)
+
+
+def hope_debug() -> Config:
+    """Linear projection memories: at width 64, MLP ones would exceed the Transformer's size by 30%."""
+    return _with_model(debug, "hope", proj_memory="linear", chunk_proj=16, chunk_mem=16, cms_periods=(None, 32, 16),
+                       cms_hidden=32)
+
+
+def hope_tiny() -> Config:
+    return _with_model(tiny, "hope", proj_memory="mlp", chunk_proj=16, chunk_mem=16, cms_periods=(None, 256, 64),
+                       cms_hidden=64)
+
+
+def hope_small() -> Config:
+    return _with_model(small, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 2048, 512),
+                       cms_hidden=336)
+
+
+def hope_base() -> Config:
+    return _with_model(base, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 2048, 512),
+                       cms_hidden=592)
+
+
 RECIPES = {
     "debug": debug, "tiny": tiny, "small": small, "base": base,
+    "titans_debug": titans_debug, "titans_tiny": titans_tiny, "titans_small": titans_small, "titans_base": titans_base,
     "hope_attention_debug": hope_attention_debug, "hope_attention_tiny": hope_attention_tiny,
     "hope_attention_small": hope_attention_small, "hope_attention_base": hope_attention_base,
+    "hope_debug": hope_debug, "hope_tiny": hope_tiny, "hope_small": hope_small, "hope_base": hope_base,
 }
 
 

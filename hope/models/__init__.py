@@ -11,12 +11,16 @@
 from __future__ import annotations
 
 from hope.errors import HopeError
+from hope.models.hope import Hope, HopeConfig
 from hope.models.hope_attention import HopeAttention, HopeAttentionConfig
+from hope.models.titans import Titans, TitansConfig
 from hope.models.transformer import Transformer, TransformerConfig
 
 MODELS = {
     "transformer": Transformer,
+    "titans": Titans,
     "hope_attention": HopeAttention,
+    "hope": Hope,
 }
 
 
@@ -31,5 +35,5 @@ def build_model(arch: str, config):
     return get_model_class(arch)(config)
 
 
-__all__ = ["MODELS", "HopeAttention", "HopeAttentionConfig", "Transformer", "TransformerConfig", "build_model",
-           "get_model_class"]
+__all__ = ["MODELS", "Hope", "HopeAttention", "HopeAttentionConfig", "HopeConfig", "Titans", "TitansConfig",
+           "Transformer", "TransformerConfig", "build_model", "get_model_class"]

@@ -1,0 +1,66 @@
+"""Hope (SPEC 4.4): self-modifying Titans as the sequence mixer, the Continuum Memory System as the
+channel mixer.
+
+Per block `x <- x + SelfModTitans(RMSNorm(x))`, then the CMS chain. In context, the six per-head
+memories of the mixer (k, v, q, eta, alpha and the main memory) learn from self-generated targets
+with Delta Gradient Descent, momentum and retention (SPEC 4.2), and the CMS levels learn from the
+next-token loss at their own periods (SPEC 4.3). Every switch of the paper's ablation table is a
+config field: `dgd`, `momentum`, `retention`, `cms`, `static_k`, `static_v`, `static_q`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hope.layers.self_modifying import SelfModifyingTitans
+from hope.models.common import CMSLanguageModel, MixerCMSBlock
+from hope.models.hope_attention import build_cms, validate_common
+from hope.models.titans import check_mixer_fields
+
+
+@dataclass
+class HopeConfig:
+    vocab_size: int = 8192  # set from the tokenizer when a run starts
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    memory: str = "mlp"  # main memory: mlp | linear
+    proj_memory: str = "linear"  # the k, v, q, eta, alpha memories: mlp | linear
+    expansion: int = 2  # hidden width of MLP memories = expansion * head_dim
+    chunk_proj: int = 16  # C_proj: chunk of the projection memories
+    chunk_mem: int = 16  # C_mem: chunk of the main memory
+    dgd: bool = True  # ablation "no DGD": False
+    momentum: bool = True  # ablation "no momentum": False
+    retention: bool = True  # ablation "no retention" (alpha = 1): False
+    static_k: bool = False  # ablation: a static W_k instead of the k memory
+    static_v: bool = False
+    static_q: bool = False
+    eta_max: float = 0.5
+    activation: str = "gelu"
+    cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
+    cms_hidden: int = 144  # SwiGLU width of every CMS level
+    cms_variant: str = "sequential"  # sequential | nested | independent
+    cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
+    cms_decay: float = 0.0
+    cms: bool = True  # ablation "no CMS": one static MLP of width len(cms_periods) * cms_hidden
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_mixer_fields(self)
+        validate_common(self)
+
+
+class Hope(CMSLanguageModel):
+    config_class = HopeConfig
+
+    def __init__(self, cfg: HopeConfig):
+        blocks = [MixerCMSBlock(
+            SelfModifyingTitans(cfg.d_model, cfg.n_heads, memory=cfg.memory, proj_memory=cfg.proj_memory,
+                                expansion=cfg.expansion, chunk_proj=cfg.chunk_proj, chunk_mem=cfg.chunk_mem,
+                                dgd=cfg.dgd, momentum=cfg.momentum, retention=cfg.retention, static_k=cfg.static_k,
+                                static_v=cfg.static_v, static_q=cfg.static_q, eta_max=cfg.eta_max,
+                                activation=cfg.activation, eps=cfg.norm_eps),
+            build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
+        super().__init__(cfg, blocks)

@@ -1,0 +1,72 @@
+"""Titans (LMM) language model (SPEC 4.1, 4.4): a neural-memory sequence mixer and a SwiGLU MLP per block.
+
+The mixer's per-head MLP memories learn in context with mini-batch gradient descent, momentum and
+retention (no DGD, targets v); their initial states are meta-learned. The state holds the memories,
+momenta and convolution caches of every layer, so a sequence can be read in pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hope.errors import HopeError
+from hope.layers.cms import CMS
+from hope.layers.titans import TitansMixer
+from hope.models.common import CMSLanguageModel, MixerCMSBlock
+
+
+@dataclass
+class TitansConfig:
+    vocab_size: int = 8192  # set from the tokenizer when a run starts
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_hidden: int = 384  # SwiGLU width (smaller than Transformer++'s to match parameter counts)
+    memory: str = "mlp"  # mlp | linear
+    expansion: int = 2  # hidden width of the MLP memory = expansion * head_dim
+    chunk_size: int = 16  # mini-batch of the inner rule (gradients at the chunk-start state)
+    dgd: bool = False  # Titans' rule: no DGD
+    momentum: bool = True
+    retention: bool = True
+    eta_max: float = 0.5  # eta = eta_max * sigmoid(.)
+    activation: str = "gelu"  # sigma of the MLP memory: gelu | silu
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_mixer_fields(self)
+        if self.ffn_hidden <= 0:
+            raise HopeError(f"model.ffn_hidden must be > 0, got {self.ffn_hidden}")
+
+
+def check_mixer_fields(cfg) -> None:
+    """Checks shared by the configs of models with a Titans-family mixer."""
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "expansion"):
+        if getattr(cfg, name) <= 0:
+            raise HopeError(f"model.{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.d_model % cfg.n_heads:
+        raise HopeError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
+    for name in ("memory", "proj_memory"):
+        if getattr(cfg, name, "mlp") not in ("mlp", "linear"):
+            raise HopeError(f"model.{name} must be mlp or linear; got {getattr(cfg, name)!r}")
+    for name in ("chunk_size", "chunk_proj", "chunk_mem"):
+        if getattr(cfg, name, 1) <= 0:
+            raise HopeError(f"model.{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.activation not in ("gelu", "silu"):
+        raise HopeError(f"model.activation must be gelu or silu; got {cfg.activation!r}")
+    if not 0 < cfg.eta_max < 1:
+        raise HopeError(f"model.eta_max must be in (0, 1) (the inner step eta * ||k||^2 must stay below 1); got {cfg.eta_max}")
+
+
+class Titans(CMSLanguageModel):
+    config_class = TitansConfig
+
+    def __init__(self, cfg: TitansConfig):
+        blocks = [MixerCMSBlock(
+            TitansMixer(cfg.d_model, cfg.n_heads, memory=cfg.memory, expansion=cfg.expansion, chunk_size=cfg.chunk_size,
+                        dgd=cfg.dgd, momentum=cfg.momentum, retention=cfg.retention, eta_max=cfg.eta_max,
+                        activation=cfg.activation, eps=cfg.norm_eps),
+            CMS(cfg.d_model, cfg.ffn_hidden, (None,), norm_eps=cfg.norm_eps),  # one static level = a SwiGLU MLP
+            cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
+        super().__init__(cfg, blocks)
