@@ -107,7 +107,7 @@ def continual_toy(seeds=(0, 1, 2), n_tasks=4, d_in=64, d_out=16, n=512, steps=15
         earlier_after = sum(sum(a[:-1]) / (n_tasks - 1) for a, _ in runs) / len(runs)
         last = sum(e[-1] for _, e in runs) / len(runs)
         first_end = sum(e[0] for _, e in runs) / len(runs)
-        rows.append(f"| {name} | {lr:g} | {fit:.4f} | {earlier_end:.4f} | {earlier_end - earlier_after:+.4f} | {first_end:.4f} | {last:.4f} |")
+        rows.append(f"| {name} | {lr:g} | {fit:.3g} | {earlier_end:.3g} | {earlier_end - earlier_after:+.3g} | {first_end:.3g} | {last:.3g} |")
     init = sum(task_loss(torch.zeros(d_out, d_in), t) for s in seeds for t in make_tasks(s, n_tasks, d_in, d_out, n)) / (len(seeds) * n_tasks)
     header = (
         f"Continual-learning toy: {n_tasks} tasks, linear {d_in}->{d_out}, orthogonal rotated {d_in // n_tasks}-dim input "
