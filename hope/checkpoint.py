@@ -68,8 +68,8 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    for name, obj in (extra or {}).items():
-        torch.save(obj, tmp / name)
+    for fname, obj in (extra or {}).items():
+        torch.save(obj, tmp / fname)
     files = ("model.safetensors", "trainer.pt", "state.json", *(extra or {}))
     manifest = {}
     for f in files:

@@ -73,7 +73,8 @@ def cmd_generate(args) -> int:
     ids = [tokenizer.eos_id] + tokenizer.encode(args.prompt)
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen)
+    out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen,
+                   learn=not args.no_learn)
     for i, row in enumerate(out.cpu()):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-learn", action="store_true",
+                   help="freeze the Continuum Memory System while reading the prompt (CMS models)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a run folder", description="Config, parameter count, last metrics.")

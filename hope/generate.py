@@ -1,4 +1,5 @@
-"""Sampling with a model's state: read the prompt once, then one token at a time.
+"""Sampling with a model's state: read the prompt once (learning from it, for CMS models), then one
+token at a time.
 
 Works for every model of the protocol (`forward(tokens, state) -> (logits, state)`): for the
 Transformer the state is a KV cache, for recurrent models their in-context memories.
@@ -13,7 +14,7 @@ from hope.errors import HopeError
 
 @torch.no_grad()
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, learn: bool = True) -> torch.Tensor:
     """Continue `prompt` by sampling.
 
     Args:
@@ -23,6 +24,9 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: floa
         temperature: > 0 samples from softmax(logits / temperature); 0 takes the argmax (greedy).
         top_k: keep only the k most likely tokens before sampling (None or 0: all).
         generator: random generator on the model's device, for reproducible samples.
+        learn: models with a Continuum Memory System read the prompt with `model.read`, so their CMS
+            levels learn from it (SPEC 4.3); False freezes them. Sampled tokens never drive CMS steps
+            (the model would learn from its own guesses); in-context memories update on everything.
     Returns:
         [B, T + max_new_tokens] token ids (the prompt included).
     """
@@ -37,7 +41,10 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: floa
     was_training = model.training
     model.eval()
     out = [prompt]
-    logits, state = model(prompt)
+    if hasattr(model, "read"):
+        logits, state = model.read(prompt, None, learn=learn)
+    else:
+        logits, state = model(prompt)
     for i in range(max_new_tokens):
         last = logits[:, -1].float()
         if temperature == 0:

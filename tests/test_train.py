@@ -57,3 +57,36 @@ def test_lr_schedule():
     assert lr_at(tc.warmup_steps - 1, tc) == pytest.approx(1.0)
     assert lr_at(tc.steps - 1, tc) == pytest.approx(tc.min_lr_ratio, abs=1e-3)
     assert all(lr_at(s, tc) >= lr_at(s + 1, tc) for s in range(tc.warmup_steps, tc.steps))
+
+
+@pytest.mark.parametrize("arch", ["titans", "hope_attention", "hope"])
+def test_every_architecture_trains_resumes_and_generates(arch, tmp_path, capsys):
+    args = ["--recipe", f"{arch}_debug", "--no-progress", "--set", "train.steps=4", "train.eval_every=2",
+            "train.ckpt_every=2", "train.eval_tokens=512", "train.sample_tokens=0", "train.batch_size=4",
+            "train.seq_len=32", "train.log_every=1"]
+    assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
+    assert all(map(lambda v: v == v, losses(tmp_path / "run").values()))  # finite
+    capsys.readouterr()
+    for flag in ([], ["--no-learn"]):
+        assert main(["generate", "--run", str(tmp_path / "run"), "--prompt", "KING:", "--max-new-tokens", "5", *flag]) == 0
+        assert capsys.readouterr().out.startswith("KING:")
+
+
+def test_stateful_streams_resume_exactly(tmp_path, monkeypatch):
+    """`train.stateful` carries each row's in-context state across steps; the checkpoint keeps it."""
+    cfg = apply_overrides(get_recipe("hope_attention_debug"), FAST + [
+        "train.steps=6", "train.ckpt_every=3", "train.eval_every=3", "train.stateful=true", "train.seq_len=32",
+        "train.batch_size=4"])
+    train(cfg, tmp_path / "straight", progress=False)
+
+    def interrupt_at_step_4(step, tc):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return lr_at(step, tc)
+
+    monkeypatch.setattr(hope.train, "lr_at", interrupt_at_step_4)
+    assert train(cfg, tmp_path / "resumed", progress=False)["interrupted"]
+    monkeypatch.undo()
+    assert (tmp_path / "resumed" / "checkpoints" / "step-0000004" / "streams.pt").exists()
+    train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
