@@ -273,3 +273,75 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
         read_u = None
     return KeyedOperators(big, read_u, e_last, d_last, dec.gamma, dec.m, dec.gamma[..., -1],
                           dec.m[..., -1], dec.P[..., -1])
+
+
+class StackedOperators(NamedTuple):
+    """A keyed layer's chunk operators in the layout the chunk loop runs on (see `stacked_step`).
+
+    The layer's weights and momentum travel stacked, `WS = [W; S]: [B, H, 2, Do, Di]`; the four
+    projections `[KT; QT; KS; QS]` (and, unless folded, the error rows `U`) are the columns `op`
+    acts on, and its rows give `[O; Z; Zs]`: reads, then the coefficients of the rank-C updates
+    `W_C = gamma_C W + m_C S + Z^T K`, `S_C = P_C S + Zs^T K`.
+    """
+
+    op: torch.Tensor      # [B, H, (N,) 3C, 4C] (U folded) or [.., 3C, 5C] (U as a column)
+    u_coef: torch.Tensor  # [B, H, (N,) 3C, C]  the U block, for folding constant parts of U
+    mix: torch.Tensor     # [B, H, (N,) 2, 2]   [[gamma_C, m_C], [0, P_C]]
+
+
+def stacked_operators(ops: KeyedOperators, u_column: bool, u_in_kt: bool = False):
+    """Arrange KeyedOperators (stacked over chunks) into StackedOperators.
+
+    u_column: keep U as a fifth column block (U computed per chunk, e.g. the MLP's delta).
+    u_in_kt: the error is `U = KT - const` (the linear memory's l2 objective at the current
+        state): add the U block to the KT block; the caller adds `-u_coef @ const`.
+    """
+    C = ops.gamma.shape[-1]
+    diag = torch.diag_embed
+    if ops.big is not None:
+        o_T, o_S, o_U = ops.big[..., :C, :].split(C, dim=-1)
+        z_T, z_S, z_U = ops.big[..., C:, :].split(C, dim=-1)
+        z_U = z_U - diag(ops.e_last)
+    else:
+        o_U, z_U = -ops.read_u, -diag(ops.e_last)
+        o_T = o_S = z_T = z_S = torch.zeros_like(o_U)
+    zero = torch.zeros_like(o_U)
+    u_coef = torch.cat([o_U, z_U, -diag(ops.d_last)], dim=-2)              # [.., 3C, C]
+    t_coef = torch.cat([o_T, z_T, zero], dim=-2)
+    if u_in_kt:
+        t_coef = t_coef + u_coef
+    blocks = [t_coef,
+              torch.cat([diag(ops.gamma), zero, zero], dim=-2),
+              torch.cat([o_S, z_S, zero], dim=-2),
+              torch.cat([diag(ops.m), zero, zero], dim=-2)]
+    if u_column:
+        blocks.append(u_coef)
+    mix = torch.stack([torch.stack([ops.gamma_C, ops.m_C], -1),
+                       torch.stack([torch.zeros_like(ops.P_C), ops.P_C], -1)], -2)
+    return StackedOperators(torch.cat(blocks, dim=-1), u_coef, mix)
+
+
+def stacked_projections(kq: torch.Tensor, WS: torch.Tensor) -> torch.Tensor:
+    """`[K; Q] [W; S]^T` in one product: kq [B, H, 2C, Di], WS [B, H, 2, Do, Di] -> [B, H, 2C, 2Do]
+    holding `[[KT, KS], [QT, QS]]`."""
+    return kq @ WS.flatten(2, 3).transpose(-1, -2)
+
+
+def stacked_step(op, mix, k, WS, prods, U=None, const=None):
+    """One chunk of a keyed layer: reads and next stacked state.
+
+    op, mix: one chunk's StackedOperators fields; k: [B, H, C, Di]; WS: [B, H, 2, Do, Di];
+    prods: `stacked_projections` of this chunk; U: [B, H, C, Do] when op has the U column;
+    const: [B, H, 3C, Do] added to the rows (folded constant part of U).
+    Returns o [B, H, C, Do] (`Theta_t q_t`) and the next WS.
+    """
+    C, Do = k.shape[-2], WS.shape[-2]
+    cols = prods.unflatten(-1, (2, Do)).transpose(-3, -2).flatten(-3, -2)   # [KT; QT; KS; QS]
+    if U is not None:
+        cols = torch.cat([cols, U], dim=-2)
+    out = op @ cols                                                         # [B, H, 3C, Do]
+    if const is not None:
+        out = out + const
+    upd = out[..., C:, :].unflatten(-2, (2, C)).transpose(-1, -2) @ k.unsqueeze(2)
+    WS = (mix @ WS.flatten(-2)).unflatten(-1, WS.shape[-2:]) + upd          # [B, H, 2, Do, Di]
+    return out[..., :C, :], WS

@@ -1,9 +1,9 @@
 """Chunk-parallel inner learning rule on a linear memory (SPEC section 3; derivation in README.md).
 
-Every state-independent quantity (decays, the DGD triangular solve, the read operators) is built
-for all chunks at once; the loop over chunks then costs three matrix products per chunk
-(`keyed_products`, `keyed_apply`, shared with the MLP memory's W2). It
-equals `naive_recurrent_linear_memory` to rounding.
+Every state-independent quantity (decays, the DGD triangular solve, the read operators, and
+the values' share of the error) is built for all chunks at once; the loop over chunks then runs
+three matrix products per chunk (`stacked_projections`, `stacked_step` in `hope/ops/utils.py`)
+on the stacked state `[W; S]`. It equals `naive_recurrent_linear_memory` to rounding.
 
 einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a chunk.
 """
@@ -15,38 +15,8 @@ from typing import Optional
 import torch
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
-                            from_chunks, keyed_operators, split_segments, to_chunks,
-                            unbind_chunks)
-
-
-def keyed_products(W, S, k, q):
-    """KT = K W^T, KS = K S^T, QT = Q W^T, QS = Q S^T in one product.
-
-    W, S: [B, H, Do, Di]; k, q: [B, H, C, Di] -> four [B, H, C, Do].
-    """
-    C, Do = k.shape[-2], W.shape[-2]
-    prods = torch.cat([k, q], dim=-2) @ torch.cat([W, S], dim=-2).transpose(-1, -2)
-    return prods[..., :C, :Do], prods[..., :C, Do:], prods[..., C:, :Do], prods[..., C:, Do:]
-
-
-def keyed_apply(ops, W, S, k, KT, KS, QT, QS, U):
-    """Reads and next state of a keyed layer over one chunk (ops: per-chunk KeyedOperators).
-
-    U: [B, H, C, Do], the gradient of token s is `u_s k_s^T`. Returns o [B, H, C, Do], W, S.
-    """
-    C, Do = k.shape[-2], W.shape[-2]
-    if ops.big is not None:
-        out = ops.big @ torch.cat([KT, KS, U], dim=-2)            # [B, H, 2C, Do]
-        o, Z = out[..., :C, :], out[..., C:, :]
-        Z = Z - ops.e_last.unsqueeze(-1) * U
-    else:
-        o, Z = -(ops.read_u @ U), -ops.e_last.unsqueeze(-1) * U
-    o = o + ops.gamma.unsqueeze(-1) * QT + ops.m.unsqueeze(-1) * QS
-    Zs = -ops.d_last.unsqueeze(-1) * U
-    upd = torch.cat([Z, Zs], dim=-1).transpose(-1, -2) @ k       # [B, H, 2Do, Di]
-    W_new = ops.gamma_C[..., None, None] * W + ops.m_C[..., None, None] * S + upd[..., :Do, :]
-    S_new = ops.P_C[..., None, None] * S + upd[..., Do:, :]
-    return o, W_new, S_new
+                            from_chunks, keyed_operators, split_segments, stacked_operators,
+                            stacked_projections, stacked_step, to_chunks)
 
 
 def chunk_linear_memory(
@@ -89,28 +59,35 @@ def chunk_linear_memory(
     st = initial_state if initial_state is not None else LinearMemoryState(None)
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W_chunk is not None)
-    W = expand_state(st.W, (B, H, D, D), q)
-    S = expand_state(st.S, (B, H, D, D), q)
-    W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else W
+    WS = torch.stack([expand_state(st.W, (B, H, D, D), q),
+                      expand_state(st.S, (B, H, D, D), q)], dim=2)          # [B, H, 2, D, D]
+    W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else None
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
-        ops = unbind_chunks(keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd))
+        ops = keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd)
+        # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
+        # when W0 is a saved chunk-start state that differs from the current weights
+        fold = not resumed
+        sops = stacked_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
+        const = -(sops.u_coef @ vc) if fold else None                      # [B, H, N, 3L, D]
+        kq = torch.cat([kc, qc], dim=-2)                                    # [B, H, N, 2L, D]
         seg = []
-        for ops_n, k_n, q_n, v_n in zip(ops, kc.unbind(2), qc.unbind(2), vc.unbind(2)):
-            if not resumed:
-                W0 = W                                                      # chunk-start state
-            KT, KS, QT, QS = keyed_products(W, S, k_n, q_n)
-            if objective == "l2":
-                KT0 = KT if W0 is W else k_n @ W0.transpose(-1, -2)
-                U = KT0 - v_n                                               # W0 k_s - v_s
+        for op_n, mix_n, kq_n, k_n, v_n, c_n in zip(
+                sops.op.unbind(2), sops.mix.unbind(2), kq.unbind(2), kc.unbind(2), vc.unbind(2),
+                const.unbind(2) if fold else [None] * kc.shape[2]):
+            prods = stacked_projections(kq_n, WS)
+            if fold:
+                W0 = WS[:, :, 0]                                            # chunk-start state
+                o, WS = stacked_step(op_n, mix_n, k_n, WS, prods, const=c_n)
             else:
-                U = -v_n
-            o, W, S = keyed_apply(ops_n, W, S, k_n, KT, KS, QT, QS, U)
+                U = k_n @ W0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
+                o, WS = stacked_step(op_n, mix_n, k_n, WS, prods, U=U)
             seg.append(o)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+    W, S = WS.unbind(2)
     pos_end = (pos + T) % C
     final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)
     return o, (final if output_final_state else None)

@@ -10,23 +10,13 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
-from hope.ops.linear_memory.chunk import keyed_apply, keyed_products
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays, expand_state,
-                            from_chunks, keyed_operators, split_segments, to_chunks,
-                            unbind_chunks)
-
-
-class W1Decays(NamedTuple):
-    """What W1's dual-form read needs from the chunk decays (see ChunkDecays)."""
-
-    E: torch.Tensor      # [B, H, (N,) C, C]
-    gamma: torch.Tensor  # [B, H, (N,) C]
-    m: torch.Tensor      # [B, H, (N,) C]
-    eta: torch.Tensor    # [B, H, (N,) C]
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
+                            expand_state, from_chunks, keyed_operators, split_segments,
+                            stacked_operators, stacked_projections, stacked_step, to_chunks)
 
 
 def chunk_mlp_memory(
@@ -77,45 +67,50 @@ def chunk_mlp_memory(
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
-    W1 = expand_state(st.W1, (B, H, D, E), q)
-    W2 = expand_state(st.W2, (B, H, E, D), q)
-    S1 = expand_state(st.S1, (B, H, D, E), q)
-    S2 = expand_state(st.S2, (B, H, E, D), q)
-    W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q) if pos else W1
-    W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q) if pos else W2
+    # stacked states [W; S]: WS1 [B, H, 2, D, E], WS2 [B, H, 2, E, D]
+    WS1 = torch.stack([expand_state(st.W1, (B, H, D, E), q), expand_state(st.S1, (B, H, D, E), q)], 2)
+    WS2 = torch.stack([expand_state(st.W2, (B, H, E, D), q), expand_state(st.S2, (B, H, E, D), q)], 2)
+    if pos:
+        W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q)
+        W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
         dec = chunk_decays(alphac, betac)
-        ops2 = unbind_chunks(keyed_operators(kc, qc, etac, dec, dgd))      # W2: keys k, queries q
-        dec_w1 = unbind_chunks(W1Decays(dec.E, dec.gamma, dec.m, etac))
+        ops = keyed_operators(kc, qc, etac, dec, dgd)                      # W2: keys k, queries q
+        sops = stacked_operators(ops, u_column=True)
+        # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
+        e_eta = dec.E * etac.unsqueeze(-2)                                  # [B, H, N, L, L]
+        read1 = torch.stack([dec.gamma, dec.m], dim=-1).unsqueeze(-1)        # [B, H, N, L, 2, 1]
+        upd1 = -torch.stack([ops.e_last, ops.d_last], dim=2).unsqueeze(-1)   # [B, H, 2, N, L, 1]
+        kq = torch.cat([kc, qc], dim=-2)                                    # [B, H, N, 2L, D]
         seg = []
-        for ops_n, d_n, k_n, q_n, v_n in zip(ops2, dec_w1, kc.unbind(2), qc.unbind(2),
-                                             vc.unbind(2)):
+        for op_n, mix_n, kq_n, k_n, q_n, v_n, ee_n, r1_n, u1_n in zip(
+                sops.op.unbind(2), sops.mix.unbind(2), kq.unbind(2), kc.unbind(2), qc.unbind(2),
+                vc.unbind(2), e_eta.unbind(2), read1.unbind(2), upd1.unbind(3)):
+            prods = stacked_projections(kq_n, WS2)                          # [[KT, KS], [QT, QS]]
             if not resumed:
-                W1_0, W2_0 = W1, W2                                         # chunk-start state
-            KT, KS, QT, QS = keyed_products(W2, S2, k_n, q_n)
-            # gradients at the chunk-start state: h_s = W2_0 k_s, z_s = sigma(h_s)
-            h = KT if W2_0 is W2 else k_n @ W2_0.transpose(-1, -2)          # [B, H, L, E]
-            z = sigma(h)
+                W1_0, W2_0 = WS1[:, :, 0], WS2[:, :, 0]                     # chunk-start state
+                h = prods[..., :L, :E]                                      # W2_0 k_s
+            else:
+                h = k_n @ W2_0.transpose(-1, -2)
+            # gradients at the chunk-start state, for the whole chunk
+            z = sigma(h)                                                    # [B, H, L, E]
             err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
-            delta = (err @ W1_0) * dsigma(h)                                # W2's error, [B, H, L, E]
+            delta = (err @ W1_0) * dsigma(h)                                # W2's error [B, H, L, E]
             # W2 (keyed, DGD): hq_t = W2_t q_t
-            hq, W2, S2 = keyed_apply(ops_n, W2, S2, k_n, KT, KS, QT, QS, delta)
-            # W1 (no DGD), dual form: W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
+            hq, WS2 = stacked_step(op_n, mix_n, k_n, WS2, prods, U=delta)
+            # W1, dual form: o1_t = W1_t sigma(hq_t)
             zq = sigma(hq)                                                  # [B, H, L, E]
-            coef = d_n.E * (zq @ z.transpose(-1, -2)) * d_n.eta.unsqueeze(-2)  # [B, H, L, L]
-            QW = zq @ torch.cat([W1, S1], dim=-2).transpose(-1, -2)           # [B, H, L, 2D]
-            o1 = d_n.gamma.unsqueeze(-1) * QW[..., :D] + d_n.m.unsqueeze(-1) * QW[..., D:] - coef @ err
-            ops_u = torch.cat([ops_n.e_last.unsqueeze(-1) * err, ops_n.d_last.unsqueeze(-1) * err], -1)
-            upd = ops_u.transpose(-1, -2) @ z                                 # [B, H, 2D, E]
-            W1, S1 = (ops_n.gamma_C[..., None, None] * W1 + ops_n.m_C[..., None, None] * S1
-                      - upd[..., :D, :],
-                      ops_n.P_C[..., None, None] * S1 - upd[..., D:, :])
+            QW = (zq @ WS1.flatten(2, 3).transpose(-1, -2)).unflatten(-1, (2, D))  # [B, H, L, 2, D]
+            o1 = (QW * r1_n).sum(-2) - (ee_n * (zq @ z.transpose(-1, -2))) @ err
+            upd = (u1_n * err.unsqueeze(2)).transpose(-1, -2) @ z.unsqueeze(2)     # [B, H, 2, D, E]
+            WS1 = (mix_n @ WS1.flatten(-2)).unflatten(-1, (D, E)) + upd
             seg.append(q_n + o1)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+    (W1, S1), (W2, S2) = WS1.unbind(2), WS2.unbind(2)
     pos_end = (pos + T) % C
     final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
                            pos_end)
