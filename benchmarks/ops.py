@@ -8,7 +8,7 @@ are interleaved (attention, linear, MLP in turn) so that load from other process
 ratios less; the naive forms run once each without warm-up (the MLP one takes minutes).
 
 Run: python benchmarks/ops.py [--T 512 2048] [--repeats 5] [--chunk-size 64] [--naive-max-T 512]
-     [--naive-repeats 1]
+     [--naive-repeats 1] [--threads N] [--device cpu]
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, ch
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
 
 
-def make_inputs(B, T, H, D, seed=0):
+def make_inputs(B, T, H, D, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    leaf = lambda x: x.requires_grad_()  # noqa: E731
+    leaf = lambda x: x.to(device).requires_grad_()  # noqa: E731
     return dict(
         q=leaf(F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)),
         k=leaf(F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)),
@@ -37,13 +37,14 @@ def make_inputs(B, T, H, D, seed=0):
     )
 
 
-def memory_case(op, kind, H, D, **kw):
+def memory_case(op, kind, H, D, device="cpu", **kw):
     g = torch.Generator().manual_seed(1)
     if kind == "linear":
-        state = LinearMemoryState(torch.zeros(H, D, D, requires_grad=True))
+        state = LinearMemoryState(torch.zeros(H, D, D, device=device, requires_grad=True))
     else:
-        state = MLPMemoryState(torch.zeros(H, D, 2 * D, requires_grad=True),
-                               (torch.randn(H, 2 * D, D, generator=g) / D ** 0.5).requires_grad_())
+        w2 = torch.randn(H, 2 * D, D, generator=g) / D ** 0.5
+        state = MLPMemoryState(torch.zeros(H, D, 2 * D, device=device, requires_grad=True),
+                               w2.to(device).requires_grad_())
 
     def fn(inp):
         o, _ = op(**inp, initial_state=state, **kw)
@@ -59,10 +60,17 @@ def attention(inp):
 def fwd_bwd_seconds(fn, inp):
     for x in inp.values():
         x.grad = None
+    sync = torch.cuda.synchronize if out_device(inp).type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     out = fn(inp)
     out.backward(torch.ones_like(out))
+    sync()
     return time.perf_counter() - t0
+
+
+def out_device(inp):
+    return next(iter(inp.values())).device
 
 
 def median_times(fns, inp, repeats, warmup=True):
@@ -89,23 +97,28 @@ def main():
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--naive-max-T", type=int, default=512)
     ap.add_argument("--naive-repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.manual_seed(0)
-    B, H, D, C = args.B, args.H, args.D, args.chunk_size
-    print(f"B={B} H={H} d_h={D} chunk_size={C} threads={torch.get_num_threads()} "
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    B, H, D, C, dev = args.B, args.H, args.D, args.chunk_size, args.device
+    print(f"device={dev} B={B} H={H} d_h={D} chunk_size={C} threads={torch.get_num_threads()} "
           f"torch={torch.__version__}; forward+backward, median of {args.repeats} runs")
     print(f"{'T':>6} {'op':<8} {'attn ms':>9} {'chunk ms':>9} {'naive ms':>9} "
           f"{'chunk/attn':>10} {'naive/chunk':>11}")
     kinds = (("linear", naive_recurrent_linear_memory, chunk_linear_memory),
              ("mlp", naive_recurrent_mlp_memory, chunk_mlp_memory))
     for T in args.T:
-        inp = make_inputs(B, T, H, D)
+        inp = make_inputs(B, T, H, D, device=dev)
         fns = {"attn": attention}
         for kind, _, chunk in kinds:
-            fns[kind] = memory_case(chunk, kind, H, D, chunk_size=C)
+            fns[kind] = memory_case(chunk, kind, H, D, device=dev, chunk_size=C)
         med = median_times(fns, inp, args.repeats)
         if T <= args.naive_max_T:  # up to minutes per run: no warm-up, --naive-repeats runs
-            naive = {kind: memory_case(op, kind, H, D, chunk_size=C) for kind, op, _ in kinds}
+            naive = {kind: memory_case(op, kind, H, D, device=dev, chunk_size=C)
+                     for kind, op, _ in kinds}
             med.update({f"naive-{k}": t for k, t in
                         median_times(naive, inp, args.naive_repeats, warmup=False).items()})
         for kind, _, _ in kinds:

@@ -206,8 +206,8 @@ def chunk_decays(alpha: torch.Tensor, beta: torch.Tensor) -> ChunkDecays:
 
 
 class KeyedOperators(NamedTuple):
-    """Precomputed (state-independent) operators of a keyed layer, for one chunk or stacked over
-    the chunks of a segment (an extra N axis after H; `unbind_chunks` splits them).
+    """Precomputed (state-independent) operators of a keyed layer, stacked over the chunks of a
+    segment (N axis after H); `stacked_operators` arranges them for the chunk loop.
 
     For a chunk with start state (Theta, S), keys K, queries Q, and per-token error vectors U (the
     gradient of token s is `u_s k_s^T`), with `KT = K Theta^T`, `KS = K S^T`, `QT`, `QS` alike:
@@ -226,18 +226,6 @@ class KeyedOperators(NamedTuple):
     gamma_C: torch.Tensor           # [B, H, (N,)]
     m_C: torch.Tensor               # [B, H, (N,)]
     P_C: torch.Tensor               # [B, H, (N,)]
-
-
-def unbind_chunks(nt, dim: int = 2):
-    """Split a NamedTuple of tensors stacked over chunks into one NamedTuple per chunk.
-
-    Unbinding once (instead of indexing chunk n inside the loop) keeps the backward linear in
-    the number of chunks: each indexing op would scatter its gradient into a zero tensor of the
-    full stacked size.
-    """
-    fields = [x.unbind(dim) if isinstance(x, torch.Tensor) else None for x in nt]
-    n = next(len(f) for f in fields if f is not None)
-    return [type(nt)(*(f[i] if f is not None else None for f in fields)) for i in range(n)]
 
 
 def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
