@@ -78,11 +78,11 @@ def run(op, inputs, state, seed=1, **kw):
         x.grad = None
     o, final = op(**inputs, initial_state=state, output_final_state=True, **kw)
     g = torch.Generator().manual_seed(seed)
-    loss = (o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum()
+    loss = (o * torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device)).sum()
     out = {"o": o.detach()}
     for name, x in final._asdict().items():
         if isinstance(x, torch.Tensor):
-            loss = loss + (x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum()
+            loss = loss + (x * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)).sum()
             out[f"final.{name}"] = x.detach()
         else:
             out[f"final.{name}"] = x
