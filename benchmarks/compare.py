@@ -1,0 +1,123 @@
+"""Train Transformer++, Titans, Hope-Attention and Hope on the embedded corpus with one token budget
+and compare them (issue 4; the paper's ordering is Hope best).
+
+    python benchmarks/compare.py --tokens 5000000 --out runs/compare          # the tiny recipes
+    python benchmarks/compare.py --quick --out /tmp/compare                   # debug recipes, a minute
+    python benchmarks/compare.py --tokens 5000000 --out runs/compare --models hope,titans   # add or redo some
+
+Each model trains with its `<arch>_tiny` recipe (parameter counts matched within 5%), the same
+batch shape, seed and number of steps. Finished models are skipped when the command is run again
+(their `final.json` exists), so a long comparison can be run in parts. Writes `results.json`,
+`results.md` (table) and `loss_curves.png` to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from hope.config import Config, apply_overrides
+from hope.models import build_model
+from hope.recipes import get_recipe
+from hope.train import count_parameters, train
+
+ARCHS = ("transformer", "titans", "hope_attention", "hope")
+
+
+def recipe_name(arch: str, size: str) -> str:
+    return size if arch == "transformer" else f"{arch}_{size}"
+
+
+def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) -> dict:
+    cfg = get_recipe(recipe_name(arch, size))
+    per_step = cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
+    steps = max(1, math.ceil(tokens / per_step))
+    evals = 10
+    cfg = apply_overrides(cfg, [f"train.steps={steps}", f"train.eval_every={max(1, steps // evals)}",
+                                f"train.ckpt_every={max(1, steps // 4)}", f"train.log_every={max(1, steps // 200)}",
+                                f"train.warmup_steps={min(cfg.train.warmup_steps, max(1, steps // 10))}", *overrides])
+    run = out / arch
+    if (run / "final.json").exists():
+        print(f"{arch}: done already ({run / 'final.json'})")
+    elif (run / "checkpoints" / "latest").exists():
+        print(f"{arch}: resuming")
+        train(cfg, run, resume=True)
+    else:
+        print(f"{arch}: {steps} steps of {per_step} tokens")
+        train(cfg, run, overwrite=True)
+    final = json.loads((run / "final.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]  # the first includes warm-up
+    saved = Config.load(run / "config.json")
+    with torch.device("meta"):
+        model = build_model(saved.arch, saved.model)
+    return {"arch": arch, "recipe": recipe_name(arch, size), "tokens": final["tokens"], "steps": final["step"],
+            "val_loss": final["val_loss"], "val_ppl": final["val_ppl"], "val_bpb": final["val_bpb"],
+            "unigram_ppl": final.get("unigram_ppl"), "params": count_parameters(model)["total"],
+            "tokens_per_s": sum(speeds) / len(speeds) if speeds else float("nan"), "run": str(run)}
+
+
+def write_table(results: list[dict], out: Path) -> str:
+    lines = ["| model | recipe | params | tokens | val loss | val ppl | bits/byte | tokens/s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(results, key=lambda r: r["val_loss"]):
+        lines.append(f"| {r['arch']} | {r['recipe']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
+                     f"{r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['val_bpb']:.4f} | {r['tokens_per_s']:,.0f} |")
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return table
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in results:
+        records = [json.loads(line) for line in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines() if line]
+        val = [(x["tokens"], x["val_loss"]) for x in records if "val_loss" in x]
+        ax.plot(*zip(*val), "o-", ms=3, label=f"{r['arch']} ({r['params'] / 1e6:.1f}M)")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats / token)")
+    ax.set_title("Shakespeare, tiny recipes, equal token budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=5_000_000, help="training tokens per model")
+    ap.add_argument("--models", default=",".join(ARCHS))
+    ap.add_argument("--size", default="tiny", help="recipe size: debug, tiny, small, base")
+    ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--quick", action="store_true", help="debug recipes and 20K tokens: a smoke test")
+    ap.add_argument("--set", nargs="+", default=[], help="overrides applied to every model (train.* keys)")
+    args = ap.parse_args()
+    size, tokens = ("debug", 20_000) if args.quick else (args.size, args.tokens)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    archs = [a.strip() for a in args.models.split(",") if a.strip()]
+    results = [run_one(a, size, tokens, out, args.set) for a in archs]
+    done = {r["arch"]: r for r in results}
+    if (out / "results.json").exists():  # keep models finished by earlier invocations
+        for r in json.loads((out / "results.json").read_text()):
+            done.setdefault(r["arch"], r)
+    results = [done[a] for a in ARCHS if a in done]
+    print(write_table(results, out))
+    plot(results, out)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'loss_curves.png'}")
+
+
+if __name__ == "__main__":
+    main()
