@@ -96,10 +96,9 @@ class Scorer:
                 x[row, :len(toks) - 1] = torch.tensor(toks[:-1])
             with torch.no_grad():
                 logits, _ = self.model(x.to(self.device))
-            logp = F.log_softmax(logits.float(), -1).cpu()
             for row, (i, toks, n) in enumerate(group):
                 end = len(toks) - 1
-                lp = logp[row, end - n:end]  # [n, V]
+                lp = F.log_softmax(logits[row, end - n:end].float(), -1).cpu()  # [n, V]: only the continuation
                 target = torch.tensor(toks[-n:])
                 results[i] = (float(lp.gather(1, target[:, None]).double().sum()), bool((lp.argmax(-1) == target).all()))
             bar.update(len(group))

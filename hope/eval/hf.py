@@ -8,6 +8,7 @@ transformers (needs `transformers`, `gguf` and `accelerate`: extra `eval`), dequ
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ class HFCausalLM(nn.Module):
         self.max_seq_len = max_seq_len or getattr(hf_model.config, "max_position_embeddings", None)
 
     def forward(self, tokens: torch.Tensor, state=None):
-        out = self.hf(input_ids=tokens, past_key_values=state, use_cache=True)
-        return out.logits.float(), out.past_key_values
+        # transformers 5 names the KV cache `cache`; earlier versions `past_key_values`
+        key = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
+        out = self.hf(input_ids=tokens, use_cache=True, **{key: state})
+        return out.logits.float(), getattr(out, key)
 
 
 class HFTokenizer:
