@@ -36,14 +36,18 @@ class Scorer:
         batch_size: requests per forward in `loglikelihood`.
         learn: read contexts with `model.read(..., learn=True)` (models that have it).
         chunk: longest piece a recurrent model reads at once.
+        eos_prefix: start every context with `eos_id` (False: only empty contexts, as lm-eval's HFLM
+            does for models without a BOS token; used to compare with HFLM).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, learn: bool = False, chunk: int = 2048):
+    def __init__(self, model, tokenizer, batch_size: int = 16, learn: bool = False, chunk: int = 2048,
+                 eos_prefix: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.learn = learn and hasattr(model, "read")
         self.chunk = chunk
+        self.eos_prefix = eos_prefix
         self.max_length = getattr(model, "max_seq_len", None)
         self.device = next(model.parameters()).device
 
@@ -59,7 +63,7 @@ class Scorer:
             cont = whole[len(ctx):]
         else:
             cont = self.tokenizer.encode(continuation)
-        return [self.tokenizer.eos_id] + ctx, cont
+        return ([self.tokenizer.eos_id] if self.eos_prefix or not ctx else []) + ctx, cont
 
     # ---------------------------------------------------------------- loglikelihood
 

@@ -127,3 +127,16 @@ def test_lm_eval_adapter(tiny_model, byte_tok):
     assert rolling[0] == pytest.approx(direct_loglik(model, byte_tok, "", "some text")[0], rel=1e-6, abs=1e-5)
     out = lm.generate_until([Instance("generate_until", {}, ("abc", {"until": ["\n"], "max_gen_toks": 4}), 0)])
     assert isinstance(out[0], str) and len(out[0].encode()) <= 4 * 4
+
+
+def test_without_eos_prefix(tiny_model, byte_tok):
+    """eos_prefix=False (lm-eval HFLM's convention for models without BOS): the context alone, and
+    the end-of-document token only before an empty context."""
+    model = tiny_model("titans")
+    s = Scorer(model, byte_tok, eos_prefix=False)
+    assert s.encode_pair("ab", "c") == ([97, 98], [99]) and s.encode_pair("", "c") == ([0], [99])
+    x = torch.tensor([[97, 98, 99]])
+    with torch.no_grad():
+        logits, _ = model(x[:, :-1])
+    want = F.log_softmax(logits[0, -1].double(), -1)[99]
+    assert s.loglikelihood([("ab", "c")])[0][0] == pytest.approx(float(want), rel=1e-6, abs=1e-5)
