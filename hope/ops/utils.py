@@ -187,7 +187,7 @@ class ChunkDecays(NamedTuple):
     Gam_prev: torch.Tensor    # [.., C, C] Gam[t-1, s], strictly lower
     D: torch.Tensor           # [.., C, C] prod_{r=s+1..t} beta_r, lower incl. diagonal
     E: torch.Tensor           # [.., C, C] Gam @ D: weight of eta_s g_s in Theta_t
-    E_prev: torch.Tensor      # [.., C, C] Gam_prev @ D: weight of eta_s g_s in Theta_{t-1}
+    E_prev: torch.Tensor      # [.., C, C] E[t-1, s] = Gam_prev @ D: weight in Theta_{t-1}
 
 
 def chunk_decays(alpha: torch.Tensor, beta: torch.Tensor) -> ChunkDecays:
@@ -201,7 +201,7 @@ def chunk_decays(alpha: torch.Tensor, beta: torch.Tensor) -> ChunkDecays:
     m = (Gam @ P.unsqueeze(-1)).squeeze(-1)
     m_prev = F.pad(m[..., :-1], (1, 0))
     E = Gam @ D
-    E_prev = Gam_prev @ D
+    E_prev = F.pad(E[..., :-1, :], (0, 0, 1, 0))  # = Gam_prev @ D: row t-1 of E
     return ChunkDecays(gamma, gamma_prev, P, m, m_prev, Gam, Gam_prev, D, E, E_prev)
 
 
@@ -211,9 +211,9 @@ class KeyedOperators(NamedTuple):
 
     For a chunk with start state (Theta, S), keys K, queries Q, and per-token error vectors U (the
     gradient of token s is `u_s k_s^T`), with `KT = K Theta^T`, `KS = K S^T`, `QT`, `QS` alike:
-      with DGD  `[O'; Z'] = big @ [KT; KS; U]`, without  `O' = -read_u @ U`, `Z' = 0`
+      with DGD  `[O'; Z] = big @ [KT; KS; U]`, without `O' = -read_u @ U`, `Z = -e_last * U`
       reads    `O       = O' + gamma * QT + m * QS`          (o_t = Theta_t q_t)
-      state    `Theta_C = gamma_C Theta + m_C S + (Z' - e_last * U)^T K`
+      state    `Theta_C = gamma_C Theta + m_C S + Z^T K`
       momentum `S_C     = P_C S - (d_last * U)^T K`
     """
 
@@ -253,11 +253,14 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
         Tn = torch.linalg.solve_triangular(A, torch.diag_embed(-eta), upper=False,
                                            unitriangular=True)
         Ek = (dec.E_prev * kk) * eta.unsqueeze(-2)  # [t, s]: E_prev[t,s] eta_s k_s.k_t
-        # rows 0..C-1: reads of the y_j k_j^T terms (Gam o QK^T) Y; rows C..2C-1: Gam[C-1, j] y_j
-        lift = torch.cat([dec.Gam * qk, torch.diag_embed(dec.Gam[..., -1, :])], dim=-2)
-        lifted = lift @ torch.cat([Tn * dec.gamma_prev.unsqueeze(-2), Tn * dec.m_prev.unsqueeze(-2),
-                                   -(Tn @ Ek)], dim=-1)         # [.., 2C, 3C]
-        big = lifted - F.pad(read_u, (2 * C, 0, 0, C))          # minus read_u in the U block
+        # Y = X [KT; KS; U]; the reads of the y_j k_j^T terms are (Gam o QK^T) Y, and the
+        # chunk-end state holds Gam[C-1, j] y_j
+        X = torch.cat([Tn * dec.gamma_prev.unsqueeze(-2), Tn * dec.m_prev.unsqueeze(-2),
+                       -(Tn @ Ek)], dim=-1)                     # [.., C, 3C]
+        # the U block also gets the direct terms: -read_u in the reads, -e_last u_s in Z
+        big = torch.cat([(dec.Gam * qk) @ X - F.pad(read_u, (2 * C, 0)),
+                         dec.Gam[..., -1, :].unsqueeze(-1) * X
+                         - F.pad(torch.diag_embed(e_last), (2 * C, 0))], dim=-2)  # [.., 2C, 3C]
         read_u = None
     return KeyedOperators(big, read_u, e_last, d_last, dec.gamma, dec.m, dec.gamma[..., -1],
                           dec.m[..., -1], dec.P[..., -1])
@@ -266,70 +269,68 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
 class StackedOperators(NamedTuple):
     """A keyed layer's chunk operators in the layout the chunk loop runs on (see `stacked_step`).
 
-    The layer's weights and momentum travel stacked, `WS = [W; S]: [B, H, 2, Do, Di]`; the four
-    projections `[KT; QT; KS; QS]` (and, unless folded, the error rows `U`) are the columns `op`
-    acts on, and its rows give `[O; Z; Zs]`: reads, then the coefficients of the rank-C updates
-    `W_C = gamma_C W + m_C S + Z^T K`, `S_C = P_C S + Zs^T K`.
+    The layer's weights and momentum travel stacked, `WS = [W; S]: [B, H, 2, Do, Di]`. `op` acts
+    on the columns `[KT; KS]` (plus the error rows `U` unless folded) and gives `[O'; Z]`; then
+      reads    `O   = O' + gamma * QT + m * QS`                (o_t = Theta_t q_t)
+      weights  `W_C = gamma_C W + m_C S + Z^T K`
+      momentum `S_C = P_C S - (d_last * U)^T K`
+    Only the dense C x C blocks are stored (the diagonal ones are applied elementwise), which
+    keeps the precomputed operators at about 4-6 C numbers per token.
     """
 
-    op: torch.Tensor      # [B, H, (N,) 3C, 4C] (U folded) or [.., 3C, 5C] (U as a column)
-    u_coef: torch.Tensor  # [B, H, (N,) 3C, C]  the U block, for folding constant parts of U
-    mix: torch.Tensor     # [B, H, (N,) 2, 2]   [[gamma_C, m_C], [0, P_C]]
+    op: torch.Tensor       # [B, H, (N,) 2C, 2C] (U folded) or [.., 2C, 3C] (U as a column)
+    u_coef: torch.Tensor   # [B, H, (N,) 2C, C]  the U block, for folding constant parts of U
+    read: torch.Tensor     # [B, H, (N,) 2, C, 1] [gamma; m]: weights of QT, QS in the reads
+    d_last: torch.Tensor   # [B, H, (N,) C, 1]   momentum update weights (minus)
+    mix: torch.Tensor      # [B, H, (N,) 2, 2]   [[gamma_C, m_C], [0, P_C]]
 
 
 def stacked_operators(ops: KeyedOperators, u_column: bool, u_in_kt: bool = False):
     """Arrange KeyedOperators (stacked over chunks) into StackedOperators.
 
-    u_column: keep U as a fifth column block (U computed per chunk, e.g. the MLP's delta).
+    u_column: keep U as a third column block (U computed per chunk, e.g. the MLP's delta).
     u_in_kt: the error is `U = KT - const` (the linear memory's l2 objective at the current
         state): add the U block to the KT block; the caller adds `-u_coef @ const`.
     """
     C = ops.gamma.shape[-1]
-    diag = torch.diag_embed
     if ops.big is not None:
-        o_T, o_S, o_U = ops.big[..., :C, :].split(C, dim=-1)
-        z_T, z_S, z_U = ops.big[..., C:, :].split(C, dim=-1)
-        z_U = z_U - diag(ops.e_last)
+        op = ops.big                                                       # [.., 2C, 3C]
     else:
-        o_U, z_U = -ops.read_u, -diag(ops.e_last)
-        o_T = o_S = z_T = z_S = torch.zeros_like(o_U)
-    zero = torch.zeros_like(o_U)
-    u_coef = torch.cat([o_U, z_U, -diag(ops.d_last)], dim=-2)              # [.., 3C, C]
-    t_coef = torch.cat([o_T, z_T, zero], dim=-2)
+        op = F.pad(torch.cat([-ops.read_u, -torch.diag_embed(ops.e_last)], dim=-2), (2 * C, 0))
+    u_coef = op[..., 2 * C:]                                               # [.., 2C, C]
     if u_in_kt:
-        t_coef = t_coef + u_coef
-    blocks = [t_coef,
-              torch.cat([diag(ops.gamma), zero, zero], dim=-2),
-              torch.cat([o_S, z_S, zero], dim=-2),
-              torch.cat([diag(ops.m), zero, zero], dim=-2)]
-    if u_column:
-        blocks.append(u_coef)
+        op = op[..., :2 * C] + F.pad(u_coef, (0, C))
+    elif not u_column:
+        op = op[..., :2 * C]
     mix = torch.stack([torch.stack([ops.gamma_C, ops.m_C], -1),
                        torch.stack([torch.zeros_like(ops.P_C), ops.P_C], -1)], -2)
-    return StackedOperators(torch.cat(blocks, dim=-1), u_coef, mix)
+    read = torch.stack([ops.gamma, ops.m], dim=-2).unsqueeze(-1)
+    return StackedOperators(op, u_coef, read, ops.d_last.unsqueeze(-1), mix)
 
 
-def stacked_projections(kq: torch.Tensor, WS: torch.Tensor) -> torch.Tensor:
-    """`[K; Q] [W; S]^T` in one product: kq [B, H, 2C, Di], WS [B, H, 2, Do, Di] -> [B, H, 2C, 2Do]
-    holding `[[KT, KS], [QT, QS]]`."""
-    return kq @ WS.flatten(2, 3).transpose(-1, -2)
+def stacked_projections(x: torch.Tensor, WS: torch.Tensor) -> torch.Tensor:
+    """`[x W^T; x S^T]` in one product: x [B, H, C, Di], WS [B, H, 2, Do, Di] -> [B, H, 2, C, Do]."""
+    return x.unsqueeze(2) @ WS.transpose(-1, -2)
 
 
-def stacked_step(op, mix, k, WS, prods, U=None, const=None):
+def stacked_step(sop, k, WS, KTS, QTS, U, const=None):
     """One chunk of a keyed layer: reads and next stacked state.
 
-    op, mix: one chunk's StackedOperators fields; k: [B, H, C, Di]; WS: [B, H, 2, Do, Di];
-    prods: `stacked_projections` of this chunk; U: [B, H, C, Do] when op has the U column;
-    const: [B, H, 3C, Do] added to the rows (folded constant part of U).
+    sop: one chunk's StackedOperators; k: [B, H, C, Di]; WS: [B, H, 2, Do, Di];
+    KTS, QTS: `stacked_projections` of the chunk's keys and queries; U: [B, H, C, Do], the
+    error rows (the gradient of token s is `u_s k_s^T`), used as a column when op has one and
+    for the momentum update; const: [B, H, 2C, Do] added to `[O'; Z]` (folded part of U).
     Returns o [B, H, C, Do] (`Theta_t q_t`) and the next WS.
     """
-    C, Do = k.shape[-2], WS.shape[-2]
-    cols = prods.unflatten(-1, (2, Do)).transpose(-3, -2).flatten(-3, -2)   # [KT; QT; KS; QS]
-    if U is not None:
+    C = k.shape[-2]
+    cols = KTS.flatten(2, 3)                                                # [KT; KS]
+    if sop.op.shape[-1] > 2 * C:
         cols = torch.cat([cols, U], dim=-2)
-    out = op @ cols                                                         # [B, H, 3C, Do]
+    out = sop.op @ cols                                                     # [B, H, 2C, Do]
     if const is not None:
         out = out + const
-    upd = out[..., C:, :].unflatten(-2, (2, C)).transpose(-1, -2) @ k.unsqueeze(2)
-    WS = (mix @ WS.flatten(-2)).unflatten(-1, WS.shape[-2:]) + upd          # [B, H, 2, Do, Di]
-    return out[..., :C, :], WS
+    o = out[..., :C, :] + (QTS * sop.read).sum(2)
+    ZZs = torch.stack([out[..., C:, :], -sop.d_last * U], dim=2)            # [B, H, 2, C, Do]
+    upd = ZZs.transpose(-1, -2) @ k.unsqueeze(2)                            # [B, H, 2, Do, Di]
+    WS = (sop.mix @ WS.flatten(-2)).unflatten(-1, WS.shape[-2:]) + upd
+    return o, WS

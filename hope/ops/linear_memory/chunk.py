@@ -16,7 +16,8 @@ import torch
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
                             from_chunks, keyed_operators, split_segments, stacked_operators,
-                            stacked_projections, stacked_step, to_chunks)
+                            stacked_projections, stacked_step, to_chunks,
+                            StackedOperators)
 
 
 def chunk_linear_memory(
@@ -71,19 +72,20 @@ def chunk_linear_memory(
         # when W0 is a saved chunk-start state that differs from the current weights
         fold = not resumed
         sops = stacked_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
-        const = -(sops.u_coef @ vc) if fold else None                      # [B, H, N, 3L, D]
-        kq = torch.cat([kc, qc], dim=-2)                                    # [B, H, N, 2L, D]
+        const = -(sops.u_coef @ vc) if fold else None                      # [B, H, N, 2L, D]
+        per_chunk = [StackedOperators(*f) for f in zip(*(x.unbind(2) for x in sops))]
+        consts = const.unbind(2) if fold else [None] * kc.shape[2]
         seg = []
-        for op_n, mix_n, kq_n, k_n, v_n, c_n in zip(
-                sops.op.unbind(2), sops.mix.unbind(2), kq.unbind(2), kc.unbind(2), vc.unbind(2),
-                const.unbind(2) if fold else [None] * kc.shape[2]):
-            prods = stacked_projections(kq_n, WS)
+        for sop, c_n, k_n, q_n, v_n in zip(per_chunk, consts, kc.unbind(2), qc.unbind(2),
+                                           vc.unbind(2)):
+            KTS, QTS = stacked_projections(k_n, WS), stacked_projections(q_n, WS)
             if fold:
                 W0 = WS[:, :, 0]                                            # chunk-start state
-                o, WS = stacked_step(op_n, mix_n, k_n, WS, prods, const=c_n)
+                KT0 = KTS[:, :, 0]
             else:
-                U = k_n @ W0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
-                o, WS = stacked_step(op_n, mix_n, k_n, WS, prods, U=U)
+                KT0 = k_n @ W0.transpose(-1, -2)
+            U = KT0 - v_n if objective == "l2" else -v_n
+            o, WS = stacked_step(sop, k_n, WS, KTS, QTS, U, const=c_n)
             seg.append(o)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)

@@ -16,7 +16,8 @@ import torch
 
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
                             expand_state, from_chunks, keyed_operators, split_segments,
-                            stacked_operators, stacked_projections, stacked_step, to_chunks)
+                            stacked_operators, stacked_projections, stacked_step, to_chunks,
+                            StackedOperators)
 
 
 def chunk_mlp_memory(
@@ -82,17 +83,15 @@ def chunk_mlp_memory(
         sops = stacked_operators(ops, u_column=True)
         # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
         e_eta = dec.E * etac.unsqueeze(-2)                                  # [B, H, N, L, L]
-        read1 = torch.stack([dec.gamma, dec.m], dim=-1).unsqueeze(-1)        # [B, H, N, L, 2, 1]
         upd1 = -torch.stack([ops.e_last, ops.d_last], dim=2).unsqueeze(-1)   # [B, H, 2, N, L, 1]
-        kq = torch.cat([kc, qc], dim=-2)                                    # [B, H, N, 2L, D]
+        per_chunk = [StackedOperators(*f) for f in zip(*(x.unbind(2) for x in sops))]
         seg = []
-        for op_n, mix_n, kq_n, k_n, q_n, v_n, ee_n, r1_n, u1_n in zip(
-                sops.op.unbind(2), sops.mix.unbind(2), kq.unbind(2), kc.unbind(2), qc.unbind(2),
-                vc.unbind(2), e_eta.unbind(2), read1.unbind(2), upd1.unbind(3)):
-            prods = stacked_projections(kq_n, WS2)                          # [[KT, KS], [QT, QS]]
+        for sop, k_n, q_n, v_n, ee_n, u1_n in zip(per_chunk, kc.unbind(2), qc.unbind(2),
+                                                  vc.unbind(2), e_eta.unbind(2), upd1.unbind(3)):
+            KTS, QTS = stacked_projections(k_n, WS2), stacked_projections(q_n, WS2)
             if not resumed:
                 W1_0, W2_0 = WS1[:, :, 0], WS2[:, :, 0]                     # chunk-start state
-                h = prods[..., :L, :E]                                      # W2_0 k_s
+                h = KTS[:, :, 0]                                            # W2_0 k_s
             else:
                 h = k_n @ W2_0.transpose(-1, -2)
             # gradients at the chunk-start state, for the whole chunk
@@ -100,13 +99,13 @@ def chunk_mlp_memory(
             err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
             delta = (err @ W1_0) * dsigma(h)                                # W2's error [B, H, L, E]
             # W2 (keyed, DGD): hq_t = W2_t q_t
-            hq, WS2 = stacked_step(op_n, mix_n, k_n, WS2, prods, U=delta)
+            hq, WS2 = stacked_step(sop, k_n, WS2, KTS, QTS, delta)
             # W1, dual form: o1_t = W1_t sigma(hq_t)
             zq = sigma(hq)                                                  # [B, H, L, E]
-            QW = (zq @ WS1.flatten(2, 3).transpose(-1, -2)).unflatten(-1, (2, D))  # [B, H, L, 2, D]
-            o1 = (QW * r1_n).sum(-2) - (ee_n * (zq @ z.transpose(-1, -2))) @ err
+            QW = stacked_projections(zq, WS1)                               # [B, H, 2, L, D]
+            o1 = (QW * sop.read).sum(2) - (ee_n * (zq @ z.transpose(-1, -2))) @ err
             upd = (u1_n * err.unsqueeze(2)).transpose(-1, -2) @ z.unsqueeze(2)     # [B, H, 2, D, E]
-            WS1 = (mix_n @ WS1.flatten(-2)).unflatten(-1, (D, E)) + upd
+            WS1 = (sop.mix @ WS1.flatten(-2)).unflatten(-1, (D, E)) + upd
             seg.append(q_n + o1)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
