@@ -7,7 +7,7 @@ all in one process, printed as a table with ratios to attention and to the naive
 are interleaved (attention, linear, MLP in turn) so that load from other processes biases the
 ratios less; the naive forms run once each without warm-up (the MLP one takes minutes).
 
-Run: python benchmarks/ops.py [--T 512 2048] [--repeats 5] [--chunk-size 64] [--naive-max-T 512]
+Run: python benchmarks/ops.py [--T 512 2048] [--repeats 5] [--chunk-size 32] [--naive-max-T 512]
      [--naive-repeats 1] [--threads N] [--device cpu]
 """
 
@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--T", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--naive-max-T", type=int, default=512)
     ap.add_argument("--naive-repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

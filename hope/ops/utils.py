@@ -309,7 +309,10 @@ def stacked_operators(ops: KeyedOperators, u_column: bool, u_in_kt: bool = False
 
 
 def stacked_projections(x: torch.Tensor, WS: torch.Tensor) -> torch.Tensor:
-    """`[x W^T; x S^T]` in one product: x [B, H, C, Di], WS [B, H, 2, Do, Di] -> [B, H, 2, C, Do]."""
+    """`[x W^T; x S^T]` in one product.
+
+    x: [B, H, C, Di], WS: [B, H, 2, Do, Di] -> [B, H, 2, C, Do].
+    """
     return x.unsqueeze(2) @ WS.transpose(-1, -2)
 
 

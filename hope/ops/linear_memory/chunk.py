@@ -29,7 +29,7 @@ def chunk_linear_memory(
     beta: torch.Tensor,
     initial_state: Optional[LinearMemoryState] = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
     dgd: bool = True,
     objective: str = "l2",
 ):
@@ -47,7 +47,8 @@ def chunk_linear_memory(
             meta-learned [H, D, D]); S may be None. None means W = 0, S = 0. A state returned
             by a previous call resumes it exactly, also in the middle of a chunk.
         output_final_state: return the state after the last token.
-        chunk_size: C, the mini-batch and the parallel block (gradients at the chunk-start state).
+        chunk_size: C (default 32), the mini-batch (gradients at the chunk-start state, chunks
+            counted from the start of the stream) and the parallel block.
         dgd: apply the Delta Gradient Descent factor `alpha I - eta k k^T` (else `alpha I`).
         objective: "l2" (`1/2 ||W k - v||^2`) or "dot" (`-<W k, v>`).
 

@@ -29,13 +29,13 @@ def chunk_mlp_memory(
     beta: torch.Tensor,
     initial_state: Optional[MLPMemoryState] = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
     dgd: bool = True,
     objective: str = "l2",
     expansion: int = 2,
     act: str = "gelu",
 ):
-    """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as the naive form.
+    """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
     Args:
         q: [B, T, H, D] queries (read after the token's write).
@@ -51,7 +51,8 @@ def chunk_mlp_memory(
             W1 = 0, still the identity). A state returned by a previous call resumes it exactly,
             also in the middle of a chunk.
         output_final_state: return the state after the last token.
-        chunk_size: C, the mini-batch and the parallel block (gradients at the chunk-start state).
+        chunk_size: C (default 32), the mini-batch (gradients at the chunk-start state, chunks
+            counted from the start of the stream) and the parallel block.
         dgd: apply `alpha I - eta k k^T` to W2 (else `alpha I`); W1 always gets `alpha I`.
         objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
         expansion: e, the hidden width E = e * D (used only to build a zero state).
@@ -69,8 +70,10 @@ def chunk_mlp_memory(
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
     # stacked states [W; S]: WS1 [B, H, 2, D, E], WS2 [B, H, 2, E, D]
-    WS1 = torch.stack([expand_state(st.W1, (B, H, D, E), q), expand_state(st.S1, (B, H, D, E), q)], 2)
-    WS2 = torch.stack([expand_state(st.W2, (B, H, E, D), q), expand_state(st.S2, (B, H, E, D), q)], 2)
+    WS1 = torch.stack([expand_state(st.W1, (B, H, D, E), q),
+                       expand_state(st.S1, (B, H, D, E), q)], dim=2)
+    WS2 = torch.stack([expand_state(st.W2, (B, H, E, D), q),
+                       expand_state(st.S2, (B, H, E, D), q)], dim=2)
     if pos:
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q)
@@ -97,7 +100,7 @@ def chunk_mlp_memory(
             # gradients at the chunk-start state, for the whole chunk
             z = sigma(h)                                                    # [B, H, L, E]
             err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
-            delta = (err @ W1_0) * dsigma(h)                                # W2's error [B, H, L, E]
+            delta = (err @ W1_0) * dsigma(h)                                # W2's error
             # W2 (keyed, DGD): hq_t = W2_t q_t
             hq, WS2 = stacked_step(sop, k_n, WS2, KTS, QTS, delta)
             # W1, dual form: o1_t = W1_t sigma(hq_t)

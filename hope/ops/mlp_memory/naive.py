@@ -24,7 +24,7 @@ def naive_recurrent_mlp_memory(
     beta: torch.Tensor,
     initial_state: Optional[MLPMemoryState] = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
     dgd: bool = True,
     objective: str = "l2",
     expansion: int = 2,
@@ -46,8 +46,9 @@ def naive_recurrent_mlp_memory(
             W1 = 0, still the identity). A state returned by a previous call resumes it exactly,
             also in the middle of a chunk.
         output_final_state: return the state after the last token.
-        chunk_size: C, the mini-batch: gradients of tokens in [nC, (n+1)C) are taken at the
-            state after token nC - 1 (counted from the start of this call).
+        chunk_size: C (default 32), the mini-batch: gradients of tokens in [nC, (n+1)C) are
+            taken at the state after token nC - 1, counting from the start of the stream (a
+            resumed state carries its position).
         dgd: apply `alpha I - eta k k^T` to W2 (else `alpha I`); W1 always gets `alpha I`.
         objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
         expansion: e, the hidden width E = e * D (used only to build a zero state).
@@ -89,7 +90,8 @@ def naive_recurrent_mlp_memory(
             err_t = k_t + mv(W1_0, z_t) - v_t                    # dl/dM(k) = M(k) - v
         else:
             err_t = -v_t                                         # dl/dM(k) = -v
-        delta_t = torch.einsum("bhij,bhi->bhj", W1_0, err_t) * dsigma(h_t)  # (W1_0^T err) * sigma'(h)
+        # delta_t = (W1_0^T err_t) * sigma'(h_t), the error at W2's output
+        delta_t = torch.einsum("bhij,bhi->bhj", W1_0, err_t) * dsigma(h_t)
         g1_t = outer(err_t, z_t)                                 # [B, H, D, E]
         g2_t = outer(delta_t, k_t)                               # [B, H, E, D]
         # S_t = beta_t S_{t-1} - eta_t g_t
