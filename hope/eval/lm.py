@@ -104,7 +104,8 @@ def context_curve(model, tokenizer, docs: list[str], length: int, window: int, m
 
 
 def plot_context(curve: dict, png_path, title: str) -> bool:
-    """Loss against position (log scale), smoothed, one line per mode. False without matplotlib."""
+    """Loss against position (log scale, means over log-spaced bins), one line per mode. False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -115,13 +116,14 @@ def plot_context(curve: dict, png_path, title: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for name, m in curve["modes"].items():
         y = np.asarray(m["loss"])
-        k = max(1, len(y) // 64)
-        smooth = np.convolve(y, np.ones(k) / k, mode="valid")
-        x = np.arange(len(smooth)) + (k + 1) / 2
-        ax.plot(x, smooth, lw=1.5, label=f"in-context learning {'on' if name == 'learn' else 'off'}"
+        # mean over log-spaced bins of positions (1-based): every position early on, wider bins later
+        edges = np.unique(np.round(np.geomspace(1, len(y) + 1, 48)).astype(int))
+        x = [np.sqrt(a * (b - 1)) if b - 1 > a else a for a, b in zip(edges[:-1], edges[1:])]
+        smooth = [y[a - 1:b - 1].mean() for a, b in zip(edges[:-1], edges[1:])]
+        ax.plot(x, smooth, "o-", ms=2.5, lw=1.5, label=f"in-context learning {'on' if name == 'learn' else 'off'}"
                 if len(curve["modes"]) > 1 else name)
     ax.set_xscale("log")
-    ax.set_xlabel("token position in the context")
+    ax.set_xlabel("token position in the context (1 = first prediction)")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(f"{title} ({curve['rows']} pieces of {curve['length']} tokens)")
     ax.grid(alpha=0.3, which="both")
