@@ -147,7 +147,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return state
 
 
-def load_streams(path: Path, rank: int, n: int, device) -> list:
+def load_streams(path: Path, n: int, device) -> list:
     """The carried in-context states of stateful training (`streams.pt`), moved to `device`."""
     from hope.layers.state import state_to
 

@@ -223,7 +223,6 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
 
     # data and tokenizer: the first process encodes, the others read its cache
     corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction)
-    tokens = None
     for turn in (0, 1) if distributed else (0,):
         if (rank == 0) == (turn == 0):
             if resume:
@@ -261,7 +260,7 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
             state = load_checkpoint(ckpt, model, optimizer)
             start_step, tokens_seen = state["step"], state["tokens"]
             if tc.stateful:
-                streams = load_streams(ckpt, rank, tc.grad_accum, device)
+                streams = load_streams(ckpt, tc.grad_accum, device)
             log(f"resuming from {ckpt} (step {start_step})")
         if master:
             _truncate_metrics(out / "metrics.jsonl", start_step)
