@@ -21,6 +21,8 @@ time with the state carried token by token.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +50,7 @@ class Scorer:
         self.learn = learn and hasattr(model, "read")
         self.chunk = chunk
         self.eos_prefix = eos_prefix
+        self.nonfinite = 0  # requests whose log-likelihood came out NaN or infinite (a broken model)
         self.max_length = getattr(model, "max_seq_len", None)
         self.device = next(model.parameters()).device
 
@@ -107,6 +110,7 @@ class Scorer:
                 results[i] = (float(lp.gather(1, target[:, None]).double().sum()), bool((lp.argmax(-1) == target).all()))
             bar.update(len(group))
         bar.close()
+        self.nonfinite += sum(1 for lp, _ in results if not math.isfinite(lp))
         return results
 
     def _score_carried(self, toks: list[int], n: int) -> tuple[float, bool]:
@@ -143,6 +147,7 @@ class Scorer:
             else:
                 nll = carried_nll(self.model, ids, self.chunk, learn=self.learn)
             out.append(-float(nll.sum()))
+            self.nonfinite += not math.isfinite(out[-1])
         return out
 
     # ---------------------------------------------------------------- generation

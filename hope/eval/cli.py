@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from hope.errors import HopeError
@@ -144,6 +145,9 @@ def cmd_eval_harness(args) -> int:
     print(detail_table(results))
     print()
     print(paper_table(results, name))
+    if scorer.nonfinite:
+        print(f"warning: {scorer.nonfinite} requests got a NaN or infinite log-likelihood: the model's outputs are "
+              "not finite, and the accuracies above are meaningless", file=sys.stderr)
     if args.out:
         _write_json(args.out, {"model": str(args.run or args.gguf), "limit": args.limit, "learn": args.learn,
                                "results": results})

@@ -140,3 +140,17 @@ def test_without_eos_prefix(tiny_model, byte_tok):
         logits, _ = model(x[:, :-1])
     want = F.log_softmax(logits[0, -1].double(), -1)[99]
     assert s.loglikelihood([("ab", "c")])[0][0] == pytest.approx(float(want), rel=1e-6, abs=1e-5)
+
+
+def test_nonfinite_loglikelihoods_are_counted(byte_tok):
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, tokens, state=None):
+            return torch.full((*tokens.shape, 256), float("nan")), state
+
+    s = Scorer(Broken(), byte_tok)
+    s.loglikelihood([("a", "b"), ("c", "d")])
+    assert s.nonfinite == 2
