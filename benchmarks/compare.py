@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
+import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from hope.config import Config, apply_overrides

@@ -16,6 +16,7 @@ import statistics
 import time
 from dataclasses import replace
 
+import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from hope.models import build_model
