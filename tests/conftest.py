@@ -3,6 +3,8 @@
 import os
 
 import pytest
+
+import hope  # noqa: F401  (before torch: sets OMP_WAIT_POLICY=PASSIVE, see hope/__init__.py)
 import torch
 
 
