@@ -42,11 +42,16 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16, help="windows read (from the validation works)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    ap.add_argument("--cms-lr", type=float, default=None,
+                    help="override the fast-weight learning rate at reading time (default: the trained one)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg, model, tokenizer, _ = _load_run(Path(args.run))
     if not hasattr(model, "read") or model.cms_segment is None:
         raise SystemExit(f"{cfg.arch} has no learning CMS: nothing to compare")
+    if args.cms_lr is not None:
+        for block in model.blocks:
+            block.cms.lr = args.cms_lr
     limit = getattr(model, "max_seq_len", None)
     length = min(args.length, limit) if limit else args.length
     corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction)
@@ -60,6 +65,7 @@ def main() -> None:
     half = len(on) // 2
     result = {"run": args.run, "arch": cfg.arch, "windows": len(windows), "length": length,
               "cms_periods": list(getattr(cfg.model, "cms_periods", [])),
+              "cms_lr": model.blocks[0].cms.lr,
               "learn_first_half": float(on[:half].mean()), "learn_later_half": float(on[half:].mean()),
               "frozen_first_half": float(off[:half].mean()), "frozen_later_half": float(off[half:].mean())}
     out = Path(args.out or args.run)
@@ -77,14 +83,21 @@ def main() -> None:
 
     bins = max(1, len(on) // 32)
     pos = np.arange(len(on))[: len(on) // bins * bins].reshape(-1, bins).mean(1)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    def binned(curve):
+        return curve[: len(pos) * bins].reshape(-1, bins).mean(1)
+
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), dpi=120, sharex=True)
     for name, curve in (("CMS learning while reading", on), ("CMS frozen (--no-learn)", off)):
-        ax.plot(pos, curve[: len(pos) * bins].reshape(-1, bins).mean(1), label=name)
-    ax.set_xlabel("token position")
+        ax.plot(pos, binned(curve), label=name)
     ax.set_ylabel("next-token loss")
-    ax.set_title(f"{cfg.arch}: held-out text, {len(windows)} windows")
+    ax.set_title(f"{cfg.arch}: held-out text, {len(windows)} windows, cms_lr {result['cms_lr']:g}")
     ax.grid(alpha=0.3)
     ax.legend()
+    ax2.plot(pos, binned(on - off), color="C2")
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set_xlabel("token position")
+    ax2.set_ylabel("learning - frozen")
+    ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "in_context.png")
     print(f"wrote {out / 'in_context.png'}, {out / 'in_context.json'}")
