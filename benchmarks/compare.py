@@ -22,6 +22,7 @@ import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from hope.config import Config, apply_overrides
+from hope.errors import HopeError
 from hope.models import build_model
 from hope.recipes import get_recipe
 from hope.train import count_parameters, train
@@ -42,14 +43,22 @@ def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) 
                                 f"train.ckpt_every={max(1, steps // 4)}", f"train.log_every={max(1, steps // 200)}",
                                 f"train.warmup_steps={min(cfg.train.warmup_steps, max(1, steps // 10))}", *overrides])
     run = out / arch
-    if (run / "final.json").exists():
-        print(f"{arch}: done already ({run / 'final.json'})")
-    elif (run / "checkpoints" / "latest").exists():
-        print(f"{arch}: resuming")
-        train(cfg, run, resume=True)
-    else:
-        print(f"{arch}: {steps} steps of {per_step} tokens")
-        train(cfg, run, overwrite=True)
+    failed = run / "diverged.json"
+    try:
+        if (run / "final.json").exists() or failed.exists():
+            print(f"{arch}: done already ({run})")
+        elif (run / "checkpoints" / "latest").exists():
+            print(f"{arch}: resuming")
+            train(cfg, run, resume=True)
+        else:
+            print(f"{arch}: {steps} steps of {per_step} tokens")
+            train(cfg, run, overwrite=True)
+    except HopeError as e:  # a model that diverges is a result too: record it and go on
+        print(f"{arch}: {e}")
+        failed.write_text(json.dumps({"error": str(e)}) + "\n")
+    if failed.exists():
+        return {"arch": arch, "recipe": recipe_name(arch, size), "error": json.loads(failed.read_text())["error"],
+                "run": str(run)}
     final = json.loads((run / "final.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]  # the first includes warm-up
@@ -65,7 +74,10 @@ def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) 
 def write_table(results: list[dict], out: Path) -> str:
     lines = ["| model | recipe | params | tokens | val loss | val ppl | bits/byte | tokens/s |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in sorted(results, key=lambda r: r["val_loss"]):
+    for r in sorted(results, key=lambda r: r.get("val_loss", float("inf"))):
+        if "error" in r:
+            lines.append(f"| {r['arch']} | {r['recipe']} | | | {r['error']} | | | |")
+            continue
         lines.append(f"| {r['arch']} | {r['recipe']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
                      f"{r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['val_bpb']:.4f} | {r['tokens_per_s']:,.0f} |")
     table = "\n".join(lines) + "\n"
@@ -82,6 +94,8 @@ def plot(results: list[dict], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for r in results:
+        if "error" in r:
+            continue
         records = [json.loads(line) for line in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines() if line]
         val = [(x["tokens"], x["val_loss"]) for x in records if "val_loss" in x]
         ax.plot(*zip(*val), "o-", ms=3, label=f"{r['arch']} ({r['params'] / 1e6:.1f}M)")
