@@ -9,7 +9,6 @@ verifies the manifest, so a truncated or damaged file is reported by name instea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from hope.errors import HopeError
+from hope.paths import sha256_file
 
 KEEP = 2  # checkpoints kept per run (the newest ones)
 
@@ -31,14 +31,6 @@ def atomic_write_text(path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -74,7 +66,7 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
     manifest = {}
     for f in files:
         _fsync(tmp / f)
-        manifest[f] = {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+        manifest[f] = {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
     atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     if final.exists():
         shutil.rmtree(final)
@@ -112,7 +104,7 @@ def verify_checkpoint(path: Path) -> dict:
         size = f.stat().st_size
         if size != want["bytes"]:
             raise HopeError(f"corrupt checkpoint file {f}: {size} bytes, expected {want['bytes']} (truncated?)")
-        if _sha256(f) != want["sha256"]:
+        if sha256_file(f) != want["sha256"]:
             raise HopeError(f"corrupt checkpoint file {f}: checksum mismatch")
     return json.loads((path / "state.json").read_text())
 

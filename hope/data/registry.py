@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from hope.errors import HopeError
-from hope.paths import cache_dir
+from hope.paths import cache_dir, sha256_file
 
 SPLITS = ("train", "validation", "test")
 
@@ -328,14 +328,6 @@ def _registry_error(src: Source, output: str) -> HopeError:
         return HopeError(f"{src.label} is not available from the registry{hint}")
     last = next((ln for ln in reversed(lines) if ln.lower().startswith(("error", "e:"))), lines[-1] if lines else "")
     return HopeError(f"downloading {src.label} failed: {last}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(src: Source, progress: bool = True) -> Path:

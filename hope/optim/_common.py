@@ -149,6 +149,14 @@ def check_adamw_keys(group: dict) -> None:
     check_pos("adamw_eps", group["adamw_eps"])
 
 
+def check_matrix_keys(group: dict) -> None:
+    """The keys Muon and M3 share: Newton-Schulz steps, lr scaling, the matrix flag, the AdamW fallback."""
+    check(isinstance(group["ns_steps"], int) and 0 < group["ns_steps"] < 100, f"ns_steps must be an int in [1, 99], got {group['ns_steps']!r}")
+    check(group["adjust_lr"] in ADJUST_LR, f"adjust_lr must be one of {ADJUST_LR}, got {group['adjust_lr']!r}")
+    check(group["use_muon"] in (None, True, False), f"use_muon must be None, True or False, got {group['use_muon']!r}")
+    check_adamw_keys(group)
+
+
 def matrix_flag(group: dict, p: Tensor) -> bool:
     """Whether `p` takes the orthogonalized (matrix) path: the group's `use_muon`, or ndim == 2 when None."""
     flag = group["use_muon"]

@@ -32,12 +32,11 @@ from collections.abc import Iterable
 import torch
 
 from hope.optim._common import (
-    ADJUST_LR,
     HybridOptimizer,
     adjusted_lr,
     as_matrix,
     check,
-    check_adamw_keys,
+    check_matrix_keys,
     check_beta,
     check_nonneg,
     check_pos,
@@ -108,10 +107,7 @@ class M3(HybridOptimizer):
         check(isinstance(group["slow_every"], int) and group["slow_every"] >= 1, f"slow_every must be an int >= 1, got {group['slow_every']!r}")
         check_pos("eps", group["eps"])
         check_nonneg("weight_decay", group["weight_decay"])
-        check(isinstance(group["ns_steps"], int) and 0 < group["ns_steps"] < 100, f"ns_steps must be an int in [1, 99], got {group['ns_steps']!r}")
-        check(group["adjust_lr"] in ADJUST_LR, f"adjust_lr must be one of {ADJUST_LR}, got {group['adjust_lr']!r}")
-        check(group["use_muon"] in (None, True, False), f"use_muon must be None, True or False, got {group['use_muon']!r}")
-        check_adamw_keys(group)
+        check_matrix_keys(group)
 
     def _matrix_step(self, group: dict, params: list[torch.Tensor]) -> None:
         if not params:

@@ -30,15 +30,11 @@ import torch
 
 from hope.optim._common import (
     HybridOptimizer,
-    ADJUST_LR,
-    adamw_step,
     adjusted_lr,
     as_matrix,
-    check,
-    check_adamw_keys,
+    check_matrix_keys,
     check_beta,
     check_nonneg,
-    matrix_flag,
     newton_schulz,
 )
 
@@ -87,10 +83,7 @@ class Muon(HybridOptimizer):
         check_nonneg("lr", group["lr"])
         check_beta("momentum", group["momentum"])
         check_nonneg("weight_decay", group["weight_decay"])
-        check(isinstance(group["ns_steps"], int) and 0 < group["ns_steps"] < 100, f"ns_steps must be an int in [1, 99], got {group['ns_steps']!r}")
-        check(group["adjust_lr"] in ADJUST_LR, f"adjust_lr must be one of {ADJUST_LR}, got {group['adjust_lr']!r}")
-        check(group["use_muon"] in (None, True, False), f"use_muon must be None, True or False, got {group['use_muon']!r}")
-        check_adamw_keys(group)
+        check_matrix_keys(group)
 
     def _matrix_step(self, group: dict, params: list[torch.Tensor]) -> None:
         if not params:
