@@ -142,6 +142,14 @@ def _positive(obj, *names: str) -> None:
             raise HopeError(f"{_section(obj)}.{name} must be > 0, got {getattr(obj, name)}")
 
 
+def check_model_shape(cfg, *positive: str) -> None:
+    """What every model config checks: vocabulary, width, depth and heads (and `positive`) above zero,
+    and a width the heads divide."""
+    _positive(cfg, "vocab_size", "d_model", "n_layers", "n_heads", *positive)
+    if cfg.d_model % cfg.n_heads:
+        raise HopeError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
+
+
 def _nonnegative(obj, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hope.layers.self_modifying import SelfModifyingTitans
 from hope.models.common import CMSLanguageModel, MixerCMSBlock
-from hope.models.hope_attention import build_cms, validate_common
+from hope.models.hope_attention import build_cms, check_cms_fields
 from hope.models.titans import check_mixer_fields
 
 
@@ -49,7 +49,7 @@ class HopeConfig:
 
     def __post_init__(self) -> None:
         check_mixer_fields(self)
-        validate_common(self)
+        check_cms_fields(self)
 
 
 class Hope(CMSLanguageModel):

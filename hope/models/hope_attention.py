@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hope.config import check_model_shape
 from hope.errors import HopeError
 from hope.layers.attention import AttentionMixer
 from hope.layers.cms import CMS, VARIANTS
@@ -31,18 +32,14 @@ class HopeAttentionConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        validate_common(self)
+        check_model_shape(self, "max_seq_len")
+        check_cms_fields(self)
 
 
-def validate_common(cfg) -> None:
-    """Checks shared by the CMS models' configs."""
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "cms_hidden"):
-        if getattr(cfg, name) <= 0:
-            raise HopeError(f"model.{name} must be > 0, got {getattr(cfg, name)}")
-    if cfg.d_model % cfg.n_heads:
-        raise HopeError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
-    if getattr(cfg, "max_seq_len", None) is not None and cfg.max_seq_len <= 0:
-        raise HopeError(f"model.max_seq_len must be > 0, got {cfg.max_seq_len}")
+def check_cms_fields(cfg) -> None:
+    """Checks of the CMS fields shared by the configs of Hope and Hope-Attention."""
+    if cfg.cms_hidden <= 0:
+        raise HopeError(f"model.cms_hidden must be > 0, got {cfg.cms_hidden}")
     if cfg.cms_variant not in VARIANTS:
         raise HopeError(f"model.cms_variant must be one of {', '.join(VARIANTS)}; got {cfg.cms_variant!r}")
     periods = [p for p in cfg.cms_periods if p is not None]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hope.config import check_model_shape
 from hope.errors import HopeError
 from hope.layers.cms import CMS
 from hope.layers.titans import TitansMixer
@@ -42,11 +43,7 @@ class TitansConfig:
 
 def check_mixer_fields(cfg) -> None:
     """Checks shared by the configs of models with a Titans-family mixer."""
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "expansion"):
-        if getattr(cfg, name) <= 0:
-            raise HopeError(f"model.{name} must be > 0, got {getattr(cfg, name)}")
-    if cfg.d_model % cfg.n_heads:
-        raise HopeError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
+    check_model_shape(cfg, "expansion")
     for name in ("memory", "proj_memory"):
         if getattr(cfg, name, "mlp") not in ("mlp", "linear"):
             raise HopeError(f"model.{name} must be mlp or linear; got {getattr(cfg, name)!r}")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hope.config import check_model_shape
 from hope.errors import HopeError
 
 
@@ -34,11 +35,7 @@ class TransformerConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise HopeError(f"model.{name} must be > 0, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise HopeError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        check_model_shape(self, "max_seq_len")
         if self.head_dim % 2:
             raise HopeError(f"head dimension d_model / n_heads = {self.head_dim} must be even for RoPE")
         if self.ffn_mult <= 0:
