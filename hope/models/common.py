@@ -156,14 +156,15 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
 
     Args:
         model: the model as called (possibly DDP- or compile-wrapped).
-        x, y: [B, T] inputs and next-token targets.
+        x, y: [B, T] inputs and next-token targets; a target of -100 is not scored (F.cross_entropy's
+            ignore_index: masked tasks, padding), so `loss_norm` should count the scored targets.
         state: the in-context state to start from (None: fresh streams).
         loss_norm: the summed token loss is divided by this before backward (tokens per optimizer step).
         autocast: context manager factory for mixed precision.
         no_sync: context manager factory that suspends DDP gradient sync (all segments but the last).
         raw_model: the unwrapped model (for `cms_segment`, `fast_weights`, `cms_step`).
     Returns:
-        (summed loss over the B*T tokens as a float, the state after the batch, detached; None for models
+        (summed loss over the scored tokens as a float, the state after the batch, detached; None for models
         without in-context state to carry).
     """
     raw = raw_model if raw_model is not None else model
