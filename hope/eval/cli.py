@@ -7,6 +7,7 @@
     hope eval context --run RUN [--data pg --length 1024 --out DIR]
     hope eval harness --run RUN --tasks piqa,hellaswag,... [--limit 500 --out harness.json]
     hope eval harness --gguf smollm2 --tasks all --limit 200   # a pretrained reference model
+    hope eval niah --run RUN [--tasks all --lengths 512,1024 --samples 20]   # hope/eval/niah.py
 """
 
 from __future__ import annotations
@@ -210,4 +211,7 @@ def register(subparsers) -> None:
     q.add_argument("--no-progress", action="store_true")
     q.add_argument("--out", default=None, help="write the results as JSON")
     q.set_defaults(func=cmd_eval_harness, batch_size=16)
+
+    from hope.eval.niah import register as register_niah
+    register_niah(sub, common)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
