@@ -3,6 +3,7 @@
     hope train [--recipe tiny] [--set train.steps=500 model.d_model=256] [--data PATH] [--out DIR]
     hope generate --run DIR --prompt "..." [--max-new-tokens 200 --temperature 0.8 --top-k 50]
     hope info DIR
+    hope bench formal|mad|niah [--quick] [--models ...] [--out DIR]   (hope/bench/cli.py)
 
 Every user error (`HopeError`) is printed as one line `error: ...` with exit status 2.
 """
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     from hope.eval.cli import register
     register(sub)
+    from hope.bench.cli import register as register_bench
+    register_bench(sub)
     return parser
 
 
