@@ -60,16 +60,22 @@ class MemoryBank(nn.Module):
         w1_std: std of the initial W1 of an MLP memory, relative to 1/sqrt(E) (0: the identity).
         linear_init: initial W of a linear memory: "zeros", "identity" or "random" (std 1/sqrt(D)).
         impl: "chunk" (chunk-parallel ops) or "naive" (token-by-token reference ops).
+        hidden_norm: an MLP memory's W1 step for token s is `eta_s / max(1, ||sigma(W2 k_s)||^2)`
+            (the ops' `hidden_norm`; docs/DEVIATIONS.md). Ignored by linear memories.
+        mean_step: `update` passes `eta / chunk_size` to the op: a mini-batch takes the step of its
+            *mean* gradient, so `eta` bounds the whole chunk's step however correlated its keys
+            (docs/DEVIATIONS.md). Off: every token's gradient gets the full `eta` (a sum).
     """
 
     def __init__(self, kind: str, n: int, n_heads: int, head_dim: int, expansion: int = 2,
                  activation: str = "gelu", w1_std: float = 0.0, linear_init: str = "zeros",
-                 impl: str = "chunk"):
+                 impl: str = "chunk", hidden_norm: bool = True, mean_step: bool = True):
         super().__init__()
         check_choice("memory kind", kind, KINDS)
         check_choice("impl", impl, IMPLS)
         self.kind, self.n, self.n_heads, self.head_dim = kind, n, n_heads, head_dim
         self.expansion, self.activation, self.impl = expansion, activation, impl
+        self.hidden_norm, self.mean_step = hidden_norm, mean_step
         self.sigma = _activation(activation)[0]
         D, E = head_dim, expansion * head_dim
         if kind == "mlp":
@@ -108,6 +114,9 @@ class MemoryBank(nn.Module):
     def update(self, state, q, k, v, eta, alpha, beta, chunk_size: int, dgd: bool):
         """Run the inner rule (SPEC 3) from `state`; returns (reads [B, T, n*H, D], new state)."""
         op = _OPS[(self.kind, self.impl)]
-        extra = dict(expansion=self.expansion, act=self.activation) if self.kind == "mlp" else {}
+        if self.mean_step:
+            eta = eta / chunk_size
+        extra = dict(expansion=self.expansion, act=self.activation,
+                     hidden_norm=self.hidden_norm) if self.kind == "mlp" else {}
         return op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
                   chunk_size=chunk_size, dgd=dgd, objective="l2", **extra)

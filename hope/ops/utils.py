@@ -98,6 +98,11 @@ def expand_state(x: Optional[torch.Tensor], shape, ref: torch.Tensor) -> torch.T
     return torch.broadcast_to(x.to(ref.dtype), shape)
 
 
+def hidden_scale(z: torch.Tensor) -> torch.Tensor:
+    """`max(1, ||z||^2)` over the last axis: the divisor of W1's step under `hidden_norm`."""
+    return z.square().sum(-1).clamp(min=1.0)
+
+
 def activation(name: str):
     """Return `(sigma, dsigma)` for the MLP memory; both are differentiable torch expressions."""
     if name == "gelu":  # exact (erf) GELU

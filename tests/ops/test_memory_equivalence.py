@@ -91,3 +91,47 @@ def test_continuation(kind, impl, splits):
         outs.append(o)
     assert_close({"o": whole, **final._asdict()},
                  {"o": torch.cat(outs, dim=1), **st._asdict()}, tol=1e-12)
+
+
+@pytest.mark.parametrize("T,C,dgd,act", [(63, 16, True, "gelu"), (100, 1, False, "silu"),
+                                         (257, 64, True, "silu")])
+def test_hidden_norm_chunk_equals_naive(T, C, dgd, act):
+    """`hidden_norm` (W1's step / max(1, ||z||^2)): chunk == naive, with W2 large enough that
+    ||z||^2 falls on both sides of 1."""
+    from hope.ops import MLPMemoryState
+
+    naive, chunk = OPS["mlp"]
+    inputs, state = make_case("mlp", T, init="full", seed=T + C, chunk_size=C)
+    state = MLPMemoryState(state.W1, (state.W2 * 4).detach().requires_grad_(), state.S1, state.S2)
+    kw = dict(chunk_size=C, dgd=dgd, objective="l2", act=act, hidden_norm=True)
+    assert_close(run(naive, inputs, state, **kw), run(chunk, inputs, state, **kw))
+
+
+def test_hidden_norm_step():
+    """One token, C = 1, no momentum, no retention: W1 moves by -eta err z^T / max(1, ||z||^2)
+    and W2 exactly as without the normalization."""
+    import torch
+    from hope.ops import MLPMemoryState, naive_recurrent_mlp_memory
+    from hope.ops.utils import activation
+
+    g = torch.Generator().manual_seed(0)
+    D, E = 4, 8
+    for scale in (0.1, 3.0):                                   # ||z||^2 below and above 1
+        W1 = torch.randn(1, 1, D, E, generator=g, dtype=torch.float64) * 0.3
+        W2 = torch.randn(1, 1, E, D, generator=g, dtype=torch.float64) * scale
+        k = torch.nn.functional.normalize(torch.randn(1, 1, 1, D, generator=g, dtype=torch.float64), dim=-1)
+        v = torch.randn(1, 1, 1, D, generator=g, dtype=torch.float64)
+        eta, one, zero = (torch.full((1, 1, 1), x, dtype=torch.float64) for x in (0.3, 1.0, 0.0))
+        out = {}
+        for hn in (False, True):
+            _, st = naive_recurrent_mlp_memory(k, k, v, eta, one, zero, MLPMemoryState(W1, W2),
+                                               output_final_state=True, chunk_size=1, dgd=False,
+                                               hidden_norm=hn)
+            out[hn] = st
+        z = activation("gelu")[0](W2[0, 0] @ k[0, 0, 0])
+        err = k[0, 0, 0] + W1[0, 0] @ z - v[0, 0, 0]
+        n = max(1.0, float(z.square().sum()))
+        assert (float(z.square().sum()) > 1) == (scale > 1)
+        torch.testing.assert_close(out[True].W1[0, 0], W1[0, 0] - 0.3 * torch.outer(err, z) / n)
+        torch.testing.assert_close(out[False].W1[0, 0], W1[0, 0] - 0.3 * torch.outer(err, z))
+        torch.testing.assert_close(out[True].W2, out[False].W2)

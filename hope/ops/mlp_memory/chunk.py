@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
-                            expand_state, from_chunks, keyed_operators, split_segments,
+                            expand_state, from_chunks, hidden_scale, keyed_operators, split_segments,
                             stacked_operators, stacked_projections, stacked_step, to_chunks,
                             StackedOperators)
 
@@ -34,6 +34,7 @@ def chunk_mlp_memory(
     objective: str = "l2",
     expansion: int = 2,
     act: str = "gelu",
+    hidden_norm: bool = False,
 ):
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
@@ -57,6 +58,7 @@ def chunk_mlp_memory(
         objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
         expansion: e, the hidden width E = e * D (used only to build a zero state).
         act: sigma, "gelu" (exact) or "silu".
+        hidden_norm: W1's step for token s uses `eta_s / max(1, ||z_s||^2)` (see naive.py).
 
     Returns:
         o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
@@ -101,6 +103,8 @@ def chunk_mlp_memory(
             z = sigma(h)                                                    # [B, H, L, E]
             err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
             delta = (err @ W1_0) * dsigma(h)                                # W2's error
+            if hidden_norm:                                                 # W1's step / ||z||^2
+                err = err / hidden_scale(z).unsqueeze(-1)
             # W2 (keyed, DGD): hq_t = W2_t q_t
             hq, WS2 = stacked_step(sop, k_n, WS2, KTS, QTS, delta)
             # W1, dual form: o1_t = W1_t sigma(hq_t)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos,
-                            expand_state)
+                            expand_state, hidden_scale)
 
 
 def naive_recurrent_mlp_memory(
@@ -29,6 +29,7 @@ def naive_recurrent_mlp_memory(
     objective: str = "l2",
     expansion: int = 2,
     act: str = "gelu",
+    hidden_norm: bool = False,
 ):
     """Run the inner rule token by token on a residual two-layer MLP memory.
 
@@ -53,6 +54,9 @@ def naive_recurrent_mlp_memory(
         objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
         expansion: e, the hidden width E = e * D (used only to build a zero state).
         act: sigma, "gelu" (exact) or "silu".
+        hidden_norm: normalize W1's step by its input: token s uses `eta_s / max(1, ||z_s||^2)`
+            for W1 (`z_s = sigma(W2_0 k_s)`), so `eta ||z||^2 <= eta` as unit keys give W2 (a
+            normalized-LMS step; see README.md, "Initial state and stability").
 
     Returns:
         o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
@@ -92,7 +96,8 @@ def naive_recurrent_mlp_memory(
             err_t = -v_t                                         # dl/dM(k) = -v
         # delta_t = (W1_0^T err_t) * sigma'(h_t), the error at W2's output
         delta_t = torch.einsum("bhij,bhi->bhj", W1_0, err_t) * dsigma(h_t)
-        g1_t = outer(err_t, z_t)                                 # [B, H, D, E]
+        err1_t = err_t / hidden_scale(z_t)[..., None] if hidden_norm else err_t
+        g1_t = outer(err1_t, z_t)                                # [B, H, D, E]
         g2_t = outer(delta_t, k_t)                               # [B, H, E, D]
         # S_t = beta_t S_{t-1} - eta_t g_t
         S1 = beta_t * S1 - eta_t * g1_t
