@@ -45,8 +45,8 @@ QUICK_LENGTHS = {"train": (2, 16), "bin1": (17, 32)}
 
 SPLIT_LABELS = {"bin0": "bin 0", "bin1": "bin 1"}
 
-BUDGET = Budget(steps=1000, batch_size=32, lr=2e-3, eval_size=500)
-QUICK = Budget(steps=40, batch_size=16, lr=2e-3, eval_size=64)
+BUDGET = Budget(steps=1200, batch_size=32, lr=2e-3, eval_size=500)
+QUICK = Budget(steps=80, batch_size=16, lr=2e-3, eval_size=64)
 
 PAPER = {
     "_note": "accuracy (%) on bin 0 / bin 1; the paper reports Transformer only for three languages",

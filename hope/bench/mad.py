@@ -36,8 +36,8 @@ from hope.errors import HopeError
 TASKS = ("icr", "fuzzy_icr", "noisy_icr", "selective_copy", "compression", "memorization")
 SPLIT_LABELS = {"test": "test"}
 
-BUDGET = Budget(steps=700, batch_size=32, lr=2e-3, eval_size=500)
-QUICK = Budget(steps=30, batch_size=16, lr=2e-3, eval_size=64)
+BUDGET = Budget(steps=600, batch_size=32, lr=2e-3, eval_size=500)
+QUICK = Budget(steps=60, batch_size=16, lr=2e-3, eval_size=64)
 
 PAPER = {
     "_note": "accuracy (%); the paper does not report noisy recall or Hope-Attention",

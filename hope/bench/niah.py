@@ -32,7 +32,7 @@ SPLIT_LABELS = {f"x{s}": f"{s}x" for s in SCALES}
 
 TRAIN_LEN, QUICK_TRAIN_LEN = 64, 48
 BUDGET = Budget(steps=800, batch_size=32, lr=2e-3, eval_size=200)
-QUICK = Budget(steps=30, batch_size=16, lr=2e-3, eval_size=32)
+QUICK = Budget(steps=60, batch_size=16, lr=2e-3, eval_size=32)
 
 PAPER = {
     "_note": "RULER on trained language models at 4K / 8K / 16K tokens (not this synthetic task); see docs/benchmarks.md",
