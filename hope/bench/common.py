@@ -268,13 +268,14 @@ def train_and_test(task: Task, arch: str, config, budget: Budget, seed: int, pro
               "train_s": round(train_s, 2), "s_per_step": round(train_s / max(len(losses), 1), 4),
               "final_loss": float(np.mean(losses[-max(1, len(losses) // 20):])) if losses else None,
               "loss_curve": [round(float(v), 4) for v in losses[::max(1, len(losses) // 100)]],
-              "diverged": diverged, "accuracy": {}}
+              "diverged": diverged, "accuracy": {}, "token_accuracy": {}}
     if diverged:
         return record
     t0 = time.perf_counter()
     for split, examples in test_sets(task, seed, budget.eval_size).items():
         acc = evaluate(model, decoder, examples, budget.batch_size)
         record["accuracy"][split] = 100 * acc[task.metric]
+        record["token_accuracy"][split] = 100 * acc["token"]  # per scored token, also for sequence metrics
     record["test_s"] = round(time.perf_counter() - t0, 2)
     return record
 
