@@ -74,6 +74,7 @@ class SelfModifyingTitans(nn.Module):
         activation: sigma of MLP memories, "gelu" or "silu".
         hidden_norm: normalize every MLP memory's W1 step by `max(1, ||sigma(W2 k)||^2)`.
         mean_step: a chunk steps by eta times its mean gradient (per-token eta / chunk size).
+        momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (opt-in).
         conv_size: width of the causal depthwise convolutions on k, v, q.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
         eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.9997,
@@ -92,7 +93,7 @@ class SelfModifyingTitans(nn.Module):
                  momentum: bool = True, retention: bool = True, static_k: bool = False,
                  static_v: bool = False, static_q: bool = False, eta_max: float = 0.5,
                  activation: str = "gelu", hidden_norm: bool = True, mean_step: bool = True,
-                 conv_size: int = 4, impl: str = "chunk",
+                 momentum_norm: bool = False, conv_size: int = 4, impl: str = "chunk",
                  eta_bias: float = -2.0, alpha_bias: float = 8.0, beta_bias: float = 0.0,
                  proj_w1_std: float = 0.2, normalize_v: bool = True, eps: float = 1e-6):
         super().__init__()
@@ -113,12 +114,13 @@ class SelfModifyingTitans(nn.Module):
                                         for n in self.static_names})
         self.proj = MemoryBank(proj_memory, len(self.proj_names), H, D, expansion, activation,
                                w1_std=proj_w1_std, linear_init="random", impl=impl,
-                               hidden_norm=hidden_norm, mean_step=mean_step)
+                               hidden_norm=hidden_norm, mean_step=mean_step,
+                               momentum_norm=momentum_norm)
         # the identity start (W1 = 0, or W = I): a zero linear memory would be a fixed point of
         # self-generated targets (target M_c(v) = 0, no error, no update)
         self.memory = MemoryBank(memory, 1, H, D, expansion, activation, w1_std=0.0,
                                  linear_init="identity", impl=impl, hidden_norm=hidden_norm,
-                                 mean_step=mean_step)
+                                 mean_step=mean_step, momentum_norm=momentum_norm)
         self.convs = nn.ModuleDict({n: CausalConv1d(d_model, conv_size) for n in "kvq"})
         self.w_eta = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
         self.b_eta = nn.Parameter(torch.full((H,), float(eta_bias)))

@@ -37,6 +37,7 @@ class TitansMixer(nn.Module):
         activation: sigma of the MLP memory, "gelu" or "silu".
         hidden_norm: normalize the MLP memory's W1 step by `max(1, ||sigma(W2 k)||^2)`.
         mean_step: a chunk steps by eta times its mean gradient (per-token eta / chunk_size).
+        momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (opt-in).
         conv_size: width of the causal depthwise convolutions.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
         eta_bias, alpha_bias, beta_bias: initial biases of the gate maps (eta ~ 0.06, alpha ~ 0.9997,
@@ -47,7 +48,8 @@ class TitansMixer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, *, memory: str = "mlp", expansion: int = 2,
                  chunk_size: int = 16, dgd: bool = False, momentum: bool = True,
                  retention: bool = True, eta_max: float = 0.5, activation: str = "gelu",
-                 hidden_norm: bool = True, mean_step: bool = True, conv_size: int = 4, impl: str = "chunk", eta_bias: float = -2.0,
+                 hidden_norm: bool = True, mean_step: bool = True,
+                 momentum_norm: bool = False, conv_size: int = 4, impl: str = "chunk", eta_bias: float = -2.0,
                  alpha_bias: float = 8.0, beta_bias: float = 0.0, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
@@ -68,7 +70,8 @@ class TitansMixer(nn.Module):
                 nn.init.constant_(lin.bias, b)
         self.memory = MemoryBank(memory, 1, n_heads, self.head_dim, expansion, activation,
                                  w1_std=0.0, linear_init="zeros", impl=impl,
-                                 hidden_norm=hidden_norm, mean_step=mean_step)
+                                 hidden_norm=hidden_norm, mean_step=mean_step,
+                                 momentum_norm=momentum_norm)
         self.norm_weight = nn.Parameter(torch.ones(n_heads, self.head_dim))
         self.W_g = nn.Linear(d_model, d_model, bias=False)
         self.W_o = nn.Linear(d_model, d_model, bias=False)

@@ -33,6 +33,7 @@ class TitansConfig:
     activation: str = "gelu"  # sigma of the MLP memory: gelu | silu
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
+    momentum_norm: bool = False  # momentum as a running mean of the inner gradients (opt-in; docs/DEVIATIONS.md)
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -66,7 +67,8 @@ class Titans(CMSLanguageModel):
             TitansMixer(cfg.d_model, cfg.n_heads, memory=cfg.memory, expansion=cfg.expansion, chunk_size=cfg.chunk_size,
                         dgd=cfg.dgd, momentum=cfg.momentum, retention=cfg.retention, eta_max=cfg.eta_max,
                         activation=cfg.activation, hidden_norm=cfg.hidden_norm,
-                        mean_step=cfg.mean_step, eps=cfg.norm_eps),
+                        mean_step=cfg.mean_step,
+                        momentum_norm=cfg.momentum_norm, eps=cfg.norm_eps),
             CMS(cfg.d_model, cfg.ffn_hidden, (None,), norm_eps=cfg.norm_eps),  # one static level = a SwiGLU MLP
             cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

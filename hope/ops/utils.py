@@ -233,7 +233,7 @@ class KeyedOperators(NamedTuple):
     P_C: torch.Tensor               # [B, H, (N,)]
 
 
-def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
+def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool, geta=None) -> KeyedOperators:
     """Build the operators of a keyed layer (gradient keys = DGD keys = k).
 
     k, q: [B, H, N, C, D]; eta: [B, H, N, C]; dec: decays over the same chunks.
@@ -242,13 +242,17 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
     expanding `Theta_{t-1} k_t` over the chunk gives the unit lower-triangular system
     `(I + diag(eta) L) Y = -diag(eta) [gamma_prev*KT + m_prev*KS - (E_prev o KK^T) diag(eta) U]`,
     `L = Gam_prev o KK^T` (strictly lower), solved once per chunk, independent of the state.
+
+    geta: the rate of the gradient terms when it differs from the DGD factor's `eta` (the ops'
+    `momentum_norm`: `(1 - beta) eta`); None means `eta`.
     """
+    geta = eta if geta is None else geta
     C = k.shape[-2]
     qk = q @ k.transpose(-1, -2)                  # [.., C, C] q_t . k_s
     # reads: -sum_{s<=t} E[t,s] eta_s (k_s . q_t) u_s
-    read_u = (dec.E * qk) * eta.unsqueeze(-2)     # [.., C, C]
-    e_last = dec.E[..., -1, :] * eta              # [.., C] weight of -u_s in Z
-    d_last = dec.D[..., -1, :] * eta              # [.., C] weight of -u_s in Zs
+    read_u = (dec.E * qk) * geta.unsqueeze(-2)    # [.., C, C]
+    e_last = dec.E[..., -1, :] * geta             # [.., C] weight of -u_s in Z
+    d_last = dec.D[..., -1, :] * geta             # [.., C] weight of -u_s in Zs
     big = None
     if dgd:
         eye = torch.eye(C, dtype=k.dtype, device=k.device)
@@ -257,7 +261,7 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool) -> KeyedOperators:
         # Tn = (I + diag(eta) L)^{-1} diag(-eta): Y = Tn [gamma_prev*KT + m_prev*KS - Ek U]
         Tn = torch.linalg.solve_triangular(A, torch.diag_embed(-eta), upper=False,
                                            unitriangular=True)
-        Ek = (dec.E_prev * kk) * eta.unsqueeze(-2)  # [t, s]: E_prev[t,s] eta_s k_s.k_t
+        Ek = (dec.E_prev * kk) * geta.unsqueeze(-2)  # [t, s]: E_prev[t,s] eta_s k_s.k_t
         # Y = X [KT; KS; U]; the reads of the y_j k_j^T terms are (Gam o QK^T) Y, and the
         # chunk-end state holds Gam[C-1, j] y_j
         X = torch.cat([Tn * dec.gamma_prev.unsqueeze(-2), Tn * dec.m_prev.unsqueeze(-2),

@@ -224,3 +224,22 @@ def test_saturated_eta_on_parallel_keys_stays_bounded(layer_cls):
 
     assert peak() < 1e3
     assert peak(mean_step=False, hidden_norm=False) > 1e6
+
+
+def test_momentum_norm_keeps_repeated_input_bounded():
+    """One token repeated 1024 times (exactly parallel keys), eta at its ceiling and beta ~ 0.88: the
+    failure a trained Hope showed on long runs of one token (docs/DEVIATIONS.md). With the running-mean
+    momentum (`momentum_norm`) the self-modifying layer stays bounded; with SPEC's momentum it does not."""
+    x = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(0)).expand(1, 1024, 64)
+
+    def peak(**kw):
+        torch.manual_seed(0)
+        layer = SelfModifyingTitans(64, 2, eta_bias=20.0, beta_bias=2.0, **kw)
+        with torch.no_grad():
+            _, state = layer(x)
+        leaves = []
+        tree_map(leaves.append, state)
+        return max(t.abs().max().item() if torch.isfinite(t).all() else float("inf") for t in leaves)
+
+    assert peak(momentum_norm=True) < 10
+    assert peak() > 1e6

@@ -135,3 +135,37 @@ def test_hidden_norm_step():
         torch.testing.assert_close(out[True].W1[0, 0], W1[0, 0] - 0.3 * torch.outer(err, z) / n)
         torch.testing.assert_close(out[False].W1[0, 0], W1[0, 0] - 0.3 * torch.outer(err, z))
         torch.testing.assert_close(out[True].W2, out[False].W2)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("T,C,dgd,obj", [(63, 16, True, "l2"), (100, 1, False, "l2"), (257, 64, True, "dot")])
+def test_momentum_norm_chunk_equals_naive(kind, T, C, dgd, obj):
+    """`momentum_norm` (S = beta S - (1 - beta) eta g): chunk == naive, outputs, states, gradients."""
+    naive, chunk = OPS[kind]
+    inputs, state = make_case(kind, T, init="full", seed=T + 3 * C, chunk_size=C)
+    kw = dict(chunk_size=C, dgd=dgd, objective=obj, momentum_norm=True)
+    if kind == "mlp":
+        kw["hidden_norm"] = True
+    assert_close(run(naive, inputs, state, **kw), run(chunk, inputs, state, **kw))
+
+
+def test_momentum_norm_is_a_running_mean():
+    """Linear memory, C = 1, no DGD, alpha = 1, constant beta: momentum_norm equals the plain rule
+    with eta scaled by (1 - beta) (so the weights move by at most eta per token under a constant
+    gradient), and differs from the plain rule."""
+    import torch
+    from hope.ops import naive_recurrent_linear_memory
+
+    inputs, state = make_case("linear", 40, init="full", seed=5)
+    inputs = {n: x.detach() for n, x in inputs.items()}
+    inputs["alpha"] = torch.ones_like(inputs["alpha"])
+    inputs["beta"] = torch.full_like(inputs["beta"], 0.9)
+    state = type(state)(*(x.detach() if torch.is_tensor(x) else x for x in state))
+    kw = dict(initial_state=state, chunk_size=1, dgd=False, output_final_state=True)
+    o_norm, s_norm = naive_recurrent_linear_memory(**inputs, momentum_norm=True, **kw)
+    scaled = dict(inputs, eta=inputs["eta"] * 0.1)
+    o_ref, s_ref = naive_recurrent_linear_memory(**scaled, **kw)
+    torch.testing.assert_close(o_norm, o_ref)
+    torch.testing.assert_close(s_norm.W, s_ref.W)
+    o_plain, _ = naive_recurrent_linear_memory(**inputs, **kw)
+    assert (o_plain - o_norm).abs().max() > 1e-3

@@ -32,6 +32,7 @@ def chunk_linear_memory(
     chunk_size: int = 32,
     dgd: bool = True,
     objective: str = "l2",
+    momentum_norm: bool = False,
 ):
     """Chunk-parallel inner rule on a linear memory; same contract as the naive form.
 
@@ -52,6 +53,9 @@ def chunk_linear_memory(
         dgd: apply the Delta Gradient Descent factor `alpha I - eta k k^T` (else `alpha I`).
         objective: "l2" (`1/2 ||W k - v||^2`) or "dot" (`-<W k, v>`).
 
+        momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
+            so a constant gradient moves the weights by at most `eta` per token whatever beta is
+            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
         o: [B, T, H, D] reads `o_t = W_t q_t`.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
@@ -68,7 +72,8 @@ def chunk_linear_memory(
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
-        ops = keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd)
+        ops = keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd,
+                              etac * (1 - betac) if momentum_norm else None)
         # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
         # when W0 is a saved chunk-start state that differs from the current weights
         fold = not resumed

@@ -26,6 +26,7 @@ def naive_recurrent_linear_memory(
     chunk_size: int = 32,
     dgd: bool = True,
     objective: str = "l2",
+    momentum_norm: bool = False,
 ):
     """Run the inner rule token by token on a linear memory.
 
@@ -47,6 +48,9 @@ def naive_recurrent_linear_memory(
         dgd: apply the Delta Gradient Descent factor `alpha I - eta k k^T` (else `alpha I`).
         objective: "l2" (`1/2 ||W k - v||^2`) or "dot" (`-<W k, v>`).
 
+        momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
+            so a constant gradient moves the weights by at most `eta` per token whatever beta is
+            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
         o: [B, T, H, D] reads `o_t = W_t q_t`.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
@@ -71,7 +75,7 @@ def naive_recurrent_linear_memory(
             u_t = -v_t
         g_t = u_t[..., :, None] * k_t[..., None, :]
         # S_t = beta_t S_{t-1} - eta_t g_t
-        S = beta_t * S - eta_t * g_t
+        S = beta_t * S - (eta_t * (1 - beta_t) if momentum_norm else eta_t) * g_t
         # W_t = W_{t-1} A_t + S_t, A_t = alpha_t I - eta_t k_t k_t^T (DGD) or alpha_t I
         WA = alpha_t * W
         if dgd:

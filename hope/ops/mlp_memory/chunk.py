@@ -35,6 +35,7 @@ def chunk_mlp_memory(
     expansion: int = 2,
     act: str = "gelu",
     hidden_norm: bool = False,
+    momentum_norm: bool = False,
 ):
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
@@ -60,6 +61,9 @@ def chunk_mlp_memory(
         act: sigma, "gelu" (exact) or "silu".
         hidden_norm: W1's step for token s uses `eta_s / max(1, ||z_s||^2)` (see naive.py).
 
+        momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
+            so a constant gradient moves the weights by at most `eta` per token whatever beta is
+            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
         o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -84,10 +88,11 @@ def chunk_mlp_memory(
         qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
         dec = chunk_decays(alphac, betac)
-        ops = keyed_operators(kc, qc, etac, dec, dgd)                      # W2: keys k, queries q
+        getac = etac * (1 - betac) if momentum_norm else etac              # rate of the gradients
+        ops = keyed_operators(kc, qc, etac, dec, dgd, getac)               # W2: keys k, queries q
         sops = stacked_operators(ops, u_column=True)
         # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
-        e_eta = dec.E * etac.unsqueeze(-2)                                  # [B, H, N, L, L]
+        e_eta = dec.E * getac.unsqueeze(-2)                                  # [B, H, N, L, L]
         upd1 = -torch.stack([ops.e_last, ops.d_last], dim=2).unsqueeze(-1)   # [B, H, 2, N, L, 1]
         per_chunk = [StackedOperators(*f) for f in zip(*(x.unbind(2) for x in sops))]
         seg = []

@@ -30,6 +30,7 @@ def naive_recurrent_mlp_memory(
     expansion: int = 2,
     act: str = "gelu",
     hidden_norm: bool = False,
+    momentum_norm: bool = False,
 ):
     """Run the inner rule token by token on a residual two-layer MLP memory.
 
@@ -58,6 +59,9 @@ def naive_recurrent_mlp_memory(
             for W1 (`z_s = sigma(W2_0 k_s)`), so `eta ||z||^2 <= eta` as unit keys give W2 (a
             normalized-LMS step; see README.md, "Initial state and stability").
 
+        momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
+            so a constant gradient moves the weights by at most `eta` per token whatever beta is
+            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
         o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -100,8 +104,9 @@ def naive_recurrent_mlp_memory(
         g1_t = outer(err1_t, z_t)                                # [B, H, D, E]
         g2_t = outer(delta_t, k_t)                               # [B, H, E, D]
         # S_t = beta_t S_{t-1} - eta_t g_t
-        S1 = beta_t * S1 - eta_t * g1_t
-        S2 = beta_t * S2 - eta_t * g2_t
+        geta_t = eta_t * (1 - beta_t) if momentum_norm else eta_t
+        S1 = beta_t * S1 - geta_t * g1_t
+        S2 = beta_t * S2 - geta_t * g2_t
         # Theta_t = Theta_{t-1} A_t + S_t: W1 plain retention, W2 DGD when enabled
         W1 = alpha_t * W1 + S1
         W2A = alpha_t * W2
