@@ -74,7 +74,8 @@ class SelfModifyingTitans(nn.Module):
         activation: sigma of MLP memories, "gelu" or "silu".
         hidden_norm: normalize every MLP memory's W1 step by `max(1, ||sigma(W2 k)||^2)`.
         mean_step: a chunk steps by eta times its mean gradient (per-token eta / chunk size).
-        momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (opt-in).
+        momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (default on;
+            off: SPEC 3's `S = beta S - eta g`).
         conv_size: width of the causal depthwise convolutions on k, v, q.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
         eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.9997,
@@ -93,7 +94,7 @@ class SelfModifyingTitans(nn.Module):
                  momentum: bool = True, retention: bool = True, static_k: bool = False,
                  static_v: bool = False, static_q: bool = False, eta_max: float = 0.5,
                  activation: str = "gelu", hidden_norm: bool = True, mean_step: bool = True,
-                 momentum_norm: bool = False, conv_size: int = 4, impl: str = "chunk",
+                 momentum_norm: bool = True, conv_size: int = 4, impl: str = "chunk",
                  eta_bias: float = -2.0, alpha_bias: float = 8.0, beta_bias: float = 0.0,
                  proj_w1_std: float = 0.2, normalize_v: bool = True, eps: float = 1e-6):
         super().__init__()

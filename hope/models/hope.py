@@ -39,7 +39,7 @@ class HopeConfig:
     activation: str = "gelu"
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
-    momentum_norm: bool = False  # momentum as a running mean of the inner gradients (opt-in; docs/DEVIATIONS.md)
+    momentum_norm: bool = True  # momentum as a running mean of the inner gradients (docs/DEVIATIONS.md)
     cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
     cms_hidden: int = 144  # SwiGLU width of every CMS level
     cms_variant: str = "sequential"  # sequential | nested | independent

@@ -33,7 +33,7 @@ class TitansConfig:
     activation: str = "gelu"  # sigma of the MLP memory: gelu | silu
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
-    momentum_norm: bool = False  # momentum as a running mean of the inner gradients (opt-in; docs/DEVIATIONS.md)
+    momentum_norm: bool = False  # momentum as a running mean of the inner gradients (on in Hope; docs/DEVIATIONS.md)
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
