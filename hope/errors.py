@@ -8,3 +8,11 @@ cannot take) raises `HopeError` with a message that names the culprit; `hope.cli
 
 class HopeError(Exception):
     """A user-facing error: bad input, bad config, unreadable files."""
+
+
+def check_known(what: str, names, available, hint: str = "") -> None:
+    """Raise `HopeError("unknown WHAT 'name'; available: a, b, c" + hint)` for the first of `names`
+    that is not in `available`."""
+    for name in names:
+        if name not in available:
+            raise HopeError(f"unknown {what} {name!r}; available: {', '.join(available)}{hint}")

@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from hope.bench.common import IGNORE, Budget, Task
-from hope.errors import HopeError
+from hope.errors import HopeError, check_known
 
 LANGUAGES = ("parity", "aa_star", "abab_star", "anbn", "anbncn", "shuffle2")
 SYMBOLS = "01abc()[]"
@@ -205,10 +205,10 @@ def _sample(lang: str, lengths: dict, rng: np.random.Generator, split: str):
 def tasks(quick: bool = False, names=None, seed: int = 0) -> list[Task]:
     """The suite's tasks (`seed` is unused: every draw comes from the bench's data streams)."""
     lengths = QUICK_LENGTHS if quick else LENGTHS
+    names = names or LANGUAGES
+    check_known("formal language", names, LANGUAGES)
     out = []
-    for lang in names or LANGUAGES:
-        if lang not in LANGUAGES:
-            raise HopeError(f"unknown formal language {lang!r}; available: {', '.join(LANGUAGES)}")
+    for lang in names:
         out.append(Task(lang, VOCAB_SIZE, partial(_sample, lang, lengths), ("bin0", "bin1"),
                         train_len=lengths["train"][1] + 1, max_len=lengths["bin1"][1] + 1))
     return out

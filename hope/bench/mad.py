@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from hope.bench.common import IGNORE, Budget, Task
-from hope.errors import HopeError
+from hope.errors import check_known
 
 TASKS = ("icr", "fuzzy_icr", "noisy_icr", "selective_copy", "compression", "memorization")
 SPLIT_LABELS = {"test": "test"}
@@ -155,10 +155,10 @@ def _as_example(make, rng, split):
 
 
 def tasks(quick: bool = False, names=None, seed: int = 0) -> list[Task]:
+    names = names or TASKS
+    check_known("MAD task", names, TASKS)
     out = []
-    for name in names or TASKS:
-        if name not in TASKS:
-            raise HopeError(f"unknown MAD task {name!r}; available: {', '.join(TASKS)}")
+    for name in names:
         size = SIZES[name][1 if quick else 0]
         if name in ("icr", "noisy_icr"):
             make, vocab = partial(recall, **size), 1 + 16 + (16 if name == "noisy_icr" else 0)

