@@ -114,7 +114,11 @@ class MemoryBank(nn.Module):
         return torch.einsum("bhij,bthj->bthi", W.to(x.dtype), x)
 
     def update(self, state, q, k, v, eta, alpha, beta, chunk_size: int, dgd: bool):
-        """Run the inner rule (SPEC 3) from `state`; returns (reads [B, T, n*H, D], new state)."""
+        """Run the inner rule (SPEC 3) from `state`; returns (reads, new state).
+
+        q: [B, T, Hq, D] queries of the last Hq of the n*H stacked heads (Hq = 0: learn only);
+        k, v: [B, T, n*H, D]; the reads are [B, T, Hq, D].
+        """
         op = _OPS[(self.kind, self.impl)]
         if self.mean_step:
             eta = eta / chunk_size

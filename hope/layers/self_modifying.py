@@ -147,12 +147,14 @@ class SelfModifyingTitans(nn.Module):
     def project(self, proj, xh, raw, t0, t1, conv):
         """k, v, q [B, L, H, D] and eta, alpha [B, L, H] of one projection chunk `[t0, t1)`.
 
-        proj: state of the projection memories (read at its chunk start); xh: [B, L, H, D];
+        proj: state of the projection memories (read at its chunk start), or of those and more
+            memories stacked after them (the fused path reads them all: slicing the state would
+            cost a state-sized zero fill in the backward); xh: [B, L, H, D];
         raw: outputs of the static projections over the whole call; conv: caches, updated in place.
         """
         B, L, H, D = xh.shape
-        P = len(self.proj_names)
-        rd = self.proj.read_start(proj, xh.repeat(1, 1, P, 1)).view(B, L, P, H, D)
+        n = (proj.W1 if self.proj.kind == "mlp" else proj.W).shape[1] // H   # memories in proj
+        rd = self.proj.read_start(proj, xh.repeat(1, 1, n, 1)).view(B, L, n, H, D)
         idx = {n: i for i, n in enumerate(self.proj_names)}
         out = {}
         for n in "kvq":
@@ -183,14 +185,14 @@ class SelfModifyingTitans(nn.Module):
             # fused: the main memory rides along with the projection memories, one op call per chunk
             st = cat_heads(proj, mem)
             for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
-                k, v, q, eta, alpha = self.project(head_slice(st, 0, P * H), xh[:, t0:t1],
-                                                   raw, t0, t1, conv)
+                k, v, q, eta, alpha = self.project(st, xh[:, t0:t1], raw, t0, t1, conv)
                 target = self.proj.read_start(st, v.repeat(1, 1, P + 1, 1))
-                o, st = self.proj.update(st, torch.cat([k.repeat(1, 1, P, 1), q], dim=2),
-                                         k.repeat(1, 1, P + 1, 1), target, eta.repeat(1, 1, P + 1),
-                                         alpha.repeat(1, 1, P + 1), beta[:, t0:t1].repeat(1, 1, P + 1),
-                                         self.chunk_proj, self.dgd)
-                outs.append(o[:, :, P * H:])
+                # q holds the main memory's heads only: the op reads the last H heads (the
+                # projection memories only learn, their reads would be discarded)
+                o, st = self.proj.update(st, q, k.repeat(1, 1, P + 1, 1), target,
+                                         eta.repeat(1, 1, P + 1), alpha.repeat(1, 1, P + 1),
+                                         beta[:, t0:t1].repeat(1, 1, P + 1), self.chunk_proj, self.dgd)
+                outs.append(o)
             proj, mem = head_slice(st, 0, P * H), head_slice(st, P * H, (P + 1) * H)
         else:
             ks, vs, qs, etas, alphas = [], [], [], [], []
@@ -199,7 +201,8 @@ class SelfModifyingTitans(nn.Module):
                 # self-generated targets M_box,c(v_t); the projection memories learn from this chunk
                 kP = k.repeat(1, 1, P, 1)
                 target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))
-                _, proj = self.proj.update(proj, kP, kP, target, eta.repeat(1, 1, P),
+                # no queries (zero heads): the projection memories only learn, nothing is read
+                _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta.repeat(1, 1, P),
                                            alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
                                            self.chunk_proj, self.dgd)
                 ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha)

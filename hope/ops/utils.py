@@ -72,11 +72,17 @@ def check_pos(pos: int, chunk_size: int, has_chunk_state: bool) -> int:
 
 
 def check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective):
-    """Validate shapes and flags shared by every memory op; return (B, T, H, D)."""
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must share a [B, T, H, D] shape, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    B, T, H, D = q.shape
+    """Validate shapes and flags shared by every memory op; return (B, T, H, D).
+
+    `q` may have fewer heads than `k` and `v` (`[B, T, Hq, D]`, `0 <= Hq <= H`): the op then reads
+    only the last Hq heads (see `read_heads`).
+    """
+    if k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"k, v must share a [B, T, H, D] shape, got {tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, H, D = k.shape
+    if q.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != D or q.shape[2] > H:
+        raise ValueError(f"q must be [B, T, Hq, D] = [{B}, {T}, <= {H}, {D}] (reads of the last Hq "
+                         f"heads), got {tuple(q.shape)}")
     for name, g in (("eta", eta), ("alpha", alpha), ("beta", beta)):
         if g.shape != (B, T, H):
             raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}, got {tuple(g.shape)}")
@@ -85,6 +91,15 @@ def check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective):
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return B, T, H, D
+
+
+def read_heads(q: torch.Tensor, H: int) -> slice:
+    """The heads an op reads: the last `Hq = q.shape[2]` of its `H` (all of them when Hq == H).
+
+    Stacked memories whose reads are not needed (e.g. Hope's projection memories, which only
+    learn) go first and cost no read at all.
+    """
+    return slice(H - q.shape[2], H)
 
 
 def expand_state(x: Optional[torch.Tensor], shape, ref: torch.Tensor) -> torch.Tensor:
@@ -275,11 +290,13 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool, geta=None) -> KeyedO
                           dec.m[..., -1], dec.P[..., -1])
 
 
-class StackedOperators(NamedTuple):
-    """A keyed layer's chunk operators in the layout the chunk loop runs on (see `stacked_step`).
+class LoopOperators(NamedTuple):
+    """A keyed layer's chunk operators in the layout the chunk loop runs on (see `keyed_step`).
 
-    The layer's weights and momentum travel stacked, `WS = [W; S]: [B, H, 2, Do, Di]`. `op` acts
-    on the columns `[KT; KS]` (plus the error rows `U` unless folded) and gives `[O'; Z]`; then
+    The layer's weights W and momentum S are kept as two tensors (never stacked: a stacked state
+    costs a copy per chunk and a 2 x 2 matrix product over the whole state, which is memory-bound
+    and slow on CPU). `op` acts on the columns `[KT; KS]` (plus the error rows `U` unless folded)
+    and gives `[O'; Z]`; then
       reads    `O   = O' + gamma * QT + m * QS`                (o_t = Theta_t q_t)
       weights  `W_C = gamma_C W + m_C S + Z^T K`
       momentum `S_C = P_C S - (d_last * U)^T K`
@@ -289,13 +306,21 @@ class StackedOperators(NamedTuple):
 
     op: torch.Tensor       # [B, H, (N,) 2C, 2C] (U folded) or [.., 2C, 3C] (U as a column)
     u_coef: torch.Tensor   # [B, H, (N,) 2C, C]  the U block, for folding constant parts of U
-    read: torch.Tensor     # [B, H, (N,) 2, C, 1] [gamma; m]: weights of QT, QS in the reads
+    gamma: torch.Tensor    # [B, H, (N,) C, 1]   weight of QT in the reads
+    m: torch.Tensor        # [B, H, (N,) C, 1]   weight of QS in the reads
+    e_last: torch.Tensor   # [B, H, (N,) C, 1]   chunk-end weights of the gradients (minus)
     d_last: torch.Tensor   # [B, H, (N,) C, 1]   momentum update weights (minus)
-    mix: torch.Tensor      # [B, H, (N,) 2, 2]   [[gamma_C, m_C], [0, P_C]]
+    gamma_C: torch.Tensor  # [B, H, (N,)]
+    m_C: torch.Tensor      # [B, H, (N,)]
+    P_C: torch.Tensor      # [B, H, (N,)]
+
+    def chunks(self):
+        """The per-chunk operators of operators stacked over chunks (the N axis, dim 2)."""
+        return [LoopOperators(*f) for f in zip(*(x.unbind(2) for x in self))]
 
 
-def stacked_operators(ops: KeyedOperators, u_column: bool, u_in_kt: bool = False):
-    """Arrange KeyedOperators (stacked over chunks) into StackedOperators.
+def loop_operators(ops: KeyedOperators, u_column: bool, u_in_kt: bool = False) -> LoopOperators:
+    """Arrange KeyedOperators (stacked over chunks) into LoopOperators.
 
     u_column: keep U as a third column block (U computed per chunk, e.g. the MLP's delta).
     u_in_kt: the error is `U = KT - const` (the linear memory's l2 objective at the current
@@ -311,38 +336,57 @@ def stacked_operators(ops: KeyedOperators, u_column: bool, u_in_kt: bool = False
         op = op[..., :2 * C] + F.pad(u_coef, (0, C))
     elif not u_column:
         op = op[..., :2 * C]
-    mix = torch.stack([torch.stack([ops.gamma_C, ops.m_C], -1),
-                       torch.stack([torch.zeros_like(ops.P_C), ops.P_C], -1)], -2)
-    read = torch.stack([ops.gamma, ops.m], dim=-2).unsqueeze(-1)
-    return StackedOperators(op, u_coef, read, ops.d_last.unsqueeze(-1), mix)
+    return LoopOperators(op, u_coef, ops.gamma.unsqueeze(-1), ops.m.unsqueeze(-1),
+                         ops.e_last.unsqueeze(-1), ops.d_last.unsqueeze(-1), ops.gamma_C, ops.m_C,
+                         ops.P_C)
 
 
-def stacked_projections(x: torch.Tensor, WS: torch.Tensor) -> torch.Tensor:
-    """`[x W^T; x S^T]` in one product.
+def pair_projections(x: torch.Tensor, W: torch.Tensor, S: torch.Tensor):
+    """`(x W^T, x S^T)`: x [B, H, C, Di], W, S [B, H, Do, Di] -> two [B, H, C, Do]."""
+    return x @ W.transpose(-1, -2), x @ S.transpose(-1, -2)
 
-    x: [B, H, C, Di], WS: [B, H, 2, Do, Di] -> [B, H, 2, C, Do].
+
+def state_step(W, a, S, b, G, K):
+    """`a W + b S + G^T K` per batch and head, the chunk-end update of a weight or momentum.
+
+    W: [B, H, Do, Di]; a: [B, H]; S, b: the same or None (no S term); G: [B, H, C, Do];
+    K: [B, H, C, Di]. The outer products accumulate into the decayed state in one `baddbmm`.
     """
-    return x.unsqueeze(2) @ WS.transpose(-1, -2)
+    B, H, Do, Di = W.shape
+    base = W * a[..., None, None]
+    if S is not None:
+        base = torch.addcmul(base, S, b[..., None, None])
+    C = K.shape[-2]
+    out = torch.baddbmm(base.reshape(B * H, Do, Di), G.transpose(-1, -2).reshape(B * H, Do, C),
+                        K.reshape(B * H, C, Di))
+    return out.view(B, H, Do, Di)
 
 
-def stacked_step(sop, k, WS, KTS, QTS, U, const=None):
-    """One chunk of a keyed layer: reads and next stacked state.
+def keyed_step(lop, k, W, S, KT, KS, QT, QS, U, const=None):
+    """One chunk of a keyed layer: reads and next weights and momentum.
 
-    sop: one chunk's StackedOperators; k: [B, H, C, Di]; WS: [B, H, 2, Do, Di];
-    KTS, QTS: `stacked_projections` of the chunk's keys and queries; U: [B, H, C, Do], the
+    lop: one chunk's LoopOperators; k: [B, H, C, Di]; W, S: [B, H, Do, Di];
+    KT, KS: `pair_projections` of the chunk's keys; QT, QS: those of its queries for the read
+    heads, the last Hq of the H (`[B, Hq, C, Do]`, Hq = 0 reads nothing); U: [B, H, C, Do], the
     error rows (the gradient of token s is `u_s k_s^T`), used as a column when op has one and
     for the momentum update; const: [B, H, 2C, Do] added to `[O'; Z]` (folded part of U).
-    Returns o [B, H, C, Do] (`Theta_t q_t`) and the next WS.
+    Returns o [B, Hq, C, Do] (`Theta_t q_t`), the next W and the next S.
     """
-    C = k.shape[-2]
-    cols = KTS.flatten(2, 3)                                                # [KT; KS]
-    if sop.op.shape[-1] > 2 * C:
-        cols = torch.cat([cols, U], dim=-2)
-    out = sop.op @ cols                                                     # [B, H, 2C, Do]
-    if const is not None:
-        out = out + const
-    o = out[..., :C, :] + (QTS * sop.read).sum(2)
-    ZZs = torch.stack([out[..., C:, :], -sop.d_last * U], dim=2)            # [B, H, 2, C, Do]
-    upd = ZZs.transpose(-1, -2) @ k.unsqueeze(2)                            # [B, H, 2, Do, Di]
-    WS = (sop.mix @ WS.flatten(-2)).unflatten(-1, WS.shape[-2:]) + upd
-    return o, WS
+    C, H, Hq = k.shape[-2], k.shape[1], QT.shape[1]
+    cols = torch.cat([KT, KS, U] if lop.op.shape[-1] > 2 * C else [KT, KS], dim=-2)
+    if Hq == H:
+        out = lop.op @ cols                                                 # [B, H, 2C, Do]
+        if const is not None:
+            out = out + const
+        o, Z = out[..., :C, :], out[..., C:, :]
+    else:                                                                   # reads of the last Hq only
+        r = slice(H - Hq, H)
+        Z = lop.op[..., C:, :] @ cols
+        o = lop.op[:, r, :C, :] @ cols[:, r]
+        if const is not None:
+            Z, o = Z + const[..., C:, :], o + const[:, r, :C, :]
+    r = slice(H - Hq, H)
+    o = o + QT * lop.gamma[:, r] + QS * lop.m[:, r]
+    W_next = state_step(W, lop.gamma_C, S, lop.m_C, Z, k)
+    S_next = state_step(S, lop.P_C, None, None, -lop.d_last * U, k)
+    return o, W_next, S_next

@@ -109,6 +109,8 @@ def assert_close(ref, got, tol=1e-9):
             assert (a is None) == (b is None) if not isinstance(a, int) else a == b, name
             continue
         assert a.shape == b.shape, name
+        if a.numel() == 0:
+            continue
         assert a.abs().max() < 1e4, f"{name}: reference diverged, the comparison means nothing"
         err = rel_err(a, b)
         assert err < tol, f"{name}: relative error {err:.3e}"

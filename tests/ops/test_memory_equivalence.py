@@ -169,3 +169,46 @@ def test_momentum_norm_is_a_running_mean():
     torch.testing.assert_close(s_norm.W, s_ref.W)
     o_plain, _ = naive_recurrent_linear_memory(**inputs, **kw)
     assert (o_plain - o_norm).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("n_read", [0, 1, 2])
+def test_reads_of_the_last_heads(kind, n_read):
+    """q with Hq < H heads reads only the last Hq heads: chunk == naive (outputs, state, every
+    gradient), the reads equal the full op's reads of those heads and the final state is the
+    full op's; also when the call resumes inside a chunk (the chunk-start-state path)."""
+    import torch
+
+    naive, chunk = OPS[kind]
+    T, C, H = 37, 16, 3
+    inputs, state = make_case(kind, T, init="full", H=H, seed=11 + n_read, chunk_size=C)
+    kw = dict(chunk_size=C, dgd=True, objective="l2")
+    part = dict(inputs, q=inputs["q"][:, :, H - n_read:].detach().requires_grad_())
+    got = run(chunk, part, state, **kw)
+    assert got["o"].shape == (2, T, n_read, 4)
+    assert_close(run(naive, part, state, **kw), got)
+    full = run(chunk, inputs, state, **kw)
+    assert_close({"o": full["o"][:, :, H - n_read:]}, {"o": got["o"]}, tol=1e-12)
+    assert_close({n: v for n, v in full.items() if n.startswith("final.")},
+                 {n: v for n, v in got.items() if n.startswith("final.")}, tol=1e-12)
+    # resume at token 21 (inside the second chunk): pieces == one call
+    with torch.no_grad():
+        o1, st = chunk(**{n: x[:, :21] for n, x in part.items()}, initial_state=state,
+                       output_final_state=True, **kw)
+        o2, st = chunk(**{n: x[:, 21:] for n, x in part.items()}, initial_state=st,
+                       output_final_state=True, **kw)
+        one, final = chunk(**part, initial_state=state, output_final_state=True, **kw)
+    assert_close({"o": one, **final._asdict()}, {"o": torch.cat([o1, o2], dim=1), **st._asdict()},
+                 tol=1e-12)
+
+
+def test_query_heads_checked():
+    """More query heads than memory heads, or another width, is a clear error."""
+    import torch
+
+    from hope.ops import chunk_linear_memory
+
+    inputs, _ = make_case("linear", 5, H=2)
+    for q in (torch.cat([inputs["q"]] * 2, dim=2), inputs["q"][..., :3]):
+        with pytest.raises(ValueError, match="q must be"):
+            chunk_linear_memory(**dict(inputs, q=q))

@@ -2,8 +2,8 @@
 
 Every state-independent quantity (decays, the DGD triangular solve, the read operators, and
 the values' share of the error) is built for all chunks at once; the loop over chunks then runs
-three matrix products per chunk (`stacked_projections`, `stacked_step` in `hope/ops/utils.py`)
-on the stacked state `[W; S]`. It equals `naive_recurrent_linear_memory` to rounding.
+a few matrix products per chunk (`pair_projections`, `keyed_step` in `hope/ops/utils.py`)
+on the weights W and momentum S. It equals `naive_recurrent_linear_memory` to rounding.
 
 einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a chunk.
 """
@@ -15,9 +15,8 @@ from typing import Optional
 import torch
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
-                            from_chunks, keyed_operators, split_segments, stacked_operators,
-                            stacked_projections, stacked_step, to_chunks,
-                            StackedOperators)
+                            from_chunks, keyed_operators, keyed_step, loop_operators,
+                            pair_projections, read_heads, split_segments, to_chunks)
 
 
 def chunk_linear_memory(
@@ -37,7 +36,8 @@ def chunk_linear_memory(
     """Chunk-parallel inner rule on a linear memory; same contract as the naive form.
 
     Args:
-        q: [B, T, H, D] queries (read after the token's write).
+        q: [B, T, Hq, D] queries (read after the token's write) of the last Hq <= H heads:
+            only those heads are read (Hq = 0: the op only learns), the others cost no read.
         k: [B, T, H, D] keys.
         v: [B, T, H, D] values (targets).
         eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys
@@ -57,7 +57,7 @@ def chunk_linear_memory(
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
-        o: [B, T, H, D] reads `o_t = W_t q_t`.
+        o: [B, T, Hq, D] reads `o_t = W_t q_t` of the last Hq heads.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
             when the call ends on a chunk boundary), or None.
     """
@@ -65,37 +65,38 @@ def chunk_linear_memory(
     st = initial_state if initial_state is not None else LinearMemoryState(None)
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W_chunk is not None)
-    WS = torch.stack([expand_state(st.W, (B, H, D, D), q),
-                      expand_state(st.S, (B, H, D, D), q)], dim=2)          # [B, H, 2, D, D]
+    W, S = (expand_state(x, (B, H, D, D), q) for x in (st.W, st.S))         # [B, H, D, D]
     W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else None
+    r = read_heads(q, H)
+    # the read operators are built for every head (cheap, C x C); queries of unread heads: k
+    q_ops = q if q.shape[2] == H else torch.cat([k[:, :, :r.start], q], dim=2)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
-        qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
+        qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
-        ops = keyed_operators(kc, qc, etac, chunk_decays(alphac, betac), dgd,
+        ops = keyed_operators(kc, qoc, etac, chunk_decays(alphac, betac), dgd,
                               etac * (1 - betac) if momentum_norm else None)
         # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
         # when W0 is a saved chunk-start state that differs from the current weights
         fold = not resumed
-        sops = stacked_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
-        const = -(sops.u_coef @ vc) if fold else None                      # [B, H, N, 2L, D]
-        per_chunk = [StackedOperators(*f) for f in zip(*(x.unbind(2) for x in sops))]
+        lops = loop_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
+        const = -(lops.u_coef @ vc) if fold else None                      # [B, H, N, 2L, D]
         consts = const.unbind(2) if fold else [None] * kc.shape[2]
         seg = []
-        for sop, c_n, k_n, q_n, v_n in zip(per_chunk, consts, kc.unbind(2), qc.unbind(2),
+        for lop, c_n, k_n, q_n, v_n in zip(lops.chunks(), consts, kc.unbind(2), qc.unbind(2),
                                            vc.unbind(2)):
-            KTS, QTS = stacked_projections(k_n, WS), stacked_projections(q_n, WS)
+            KT, KS = pair_projections(k_n, W, S)
+            QT, QS = pair_projections(q_n, W[:, r], S[:, r])
             if fold:
-                W0 = WS[:, :, 0]                                            # chunk-start state
-                KT0 = KTS[:, :, 0]
+                W0 = W                                                      # chunk-start state
+                KT0 = KT
             else:
                 KT0 = k_n @ W0.transpose(-1, -2)
             U = KT0 - v_n if objective == "l2" else -v_n
-            o, WS = stacked_step(sop, k_n, WS, KTS, QTS, U, const=c_n)
+            o, W, S = keyed_step(lop, k_n, W, S, KT, KS, QT, QS, U, const=c_n)
             seg.append(o)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
-    o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
-    W, S = WS.unbind(2)
+    o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)
     return o, (final if output_final_state else None)

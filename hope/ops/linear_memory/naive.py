@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import LinearMemoryState, check_inputs, check_pos, expand_state
+from hope.ops.utils import LinearMemoryState, check_inputs, check_pos, expand_state, read_heads
 
 
 def naive_recurrent_linear_memory(
@@ -31,7 +31,8 @@ def naive_recurrent_linear_memory(
     """Run the inner rule token by token on a linear memory.
 
     Args:
-        q: [B, T, H, D] queries (read after the token's write).
+        q: [B, T, Hq, D] queries (read after the token's write) of the last Hq <= H heads
+            (Hq = 0: the op only learns).
         k: [B, T, H, D] keys.
         v: [B, T, H, D] values (targets).
         eta: [B, T, H] inner learning rate, documented range (0, 1) for unit-norm keys
@@ -52,7 +53,7 @@ def naive_recurrent_linear_memory(
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
-        o: [B, T, H, D] reads `o_t = W_t q_t`.
+        o: [B, T, Hq, D] reads `o_t = W_t q_t`.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
             when the call ends on a chunk boundary), or None.
     """
@@ -62,6 +63,7 @@ def naive_recurrent_linear_memory(
     W = expand_state(st.W, (B, H, D, D), q)
     S = expand_state(st.S, (B, H, D, D), q)
     W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else W
+    r = read_heads(q, H)
     outs = []
     for t in range(T):
         if (pos + t) % chunk_size == 0:
@@ -83,8 +85,8 @@ def naive_recurrent_linear_memory(
             WA = WA - eta_t * Wk[..., :, None] * k_t[..., None, :]
         W = WA + S
         # o_t = W_t q_t
-        outs.append(torch.einsum("bhij,bhj->bhi", W, q_t))
-    o = torch.stack(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+        outs.append(torch.einsum("bhij,bhj->bhi", W[:, r], q_t))
+    o = torch.stack(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % chunk_size
     final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)
     return o, (final if output_final_state else None)

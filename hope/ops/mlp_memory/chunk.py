@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
-                            expand_state, from_chunks, hidden_scale, keyed_operators, split_segments,
-                            stacked_operators, stacked_projections, stacked_step, to_chunks,
-                            StackedOperators)
+                            expand_state, from_chunks, hidden_scale, keyed_operators, keyed_step,
+                            loop_operators, pair_projections, read_heads, split_segments,
+                            state_step, to_chunks)
 
 
 def chunk_mlp_memory(
@@ -40,7 +40,8 @@ def chunk_mlp_memory(
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
     Args:
-        q: [B, T, H, D] queries (read after the token's write).
+        q: [B, T, Hq, D] queries (read after the token's write) of the last Hq <= H heads:
+            only those heads are read (Hq = 0: the op only learns), the others cost no read.
         k: [B, T, H, D] keys.
         v: [B, T, H, D] values (targets).
         eta: [B, T, H] inner learning rate, documented range (0, 1/2) (see README.md).
@@ -65,7 +66,7 @@ def chunk_mlp_memory(
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
-        o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
+        o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)` of the last Hq heads.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
             shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
     """
@@ -75,33 +76,31 @@ def chunk_mlp_memory(
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
-    # stacked states [W; S]: WS1 [B, H, 2, D, E], WS2 [B, H, 2, E, D]
-    WS1 = torch.stack([expand_state(st.W1, (B, H, D, E), q),
-                       expand_state(st.S1, (B, H, D, E), q)], dim=2)
-    WS2 = torch.stack([expand_state(st.W2, (B, H, E, D), q),
-                       expand_state(st.S2, (B, H, E, D), q)], dim=2)
+    r = read_heads(q, H)
+    # the read operators are built for every head (cheap, C x C); queries of unread heads: k
+    q_ops = q if q.shape[2] == H else torch.cat([k[:, :, :r.start], q], dim=2)
+    W1, S1 = (expand_state(x, (B, H, D, E), q) for x in (st.W1, st.S1))
+    W2, S2 = (expand_state(x, (B, H, E, D), q) for x in (st.W2, st.S2))
     if pos:
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
-        qc, kc, vc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v))         # [B, H, N, L, D]
+        qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
         dec = chunk_decays(alphac, betac)
         getac = etac * (1 - betac) if momentum_norm else etac              # rate of the gradients
-        ops = keyed_operators(kc, qc, etac, dec, dgd, getac)               # W2: keys k, queries q
-        sops = stacked_operators(ops, u_column=True)
+        ops = keyed_operators(kc, qoc, etac, dec, dgd, getac)               # W2: keys k, queries q
         # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
         e_eta = dec.E * getac.unsqueeze(-2)                                  # [B, H, N, L, L]
-        upd1 = -torch.stack([ops.e_last, ops.d_last], dim=2).unsqueeze(-1)   # [B, H, 2, N, L, 1]
-        per_chunk = [StackedOperators(*f) for f in zip(*(x.unbind(2) for x in sops))]
         seg = []
-        for sop, k_n, q_n, v_n, ee_n, u1_n in zip(per_chunk, kc.unbind(2), qc.unbind(2),
-                                                  vc.unbind(2), e_eta.unbind(2), upd1.unbind(3)):
-            KTS, QTS = stacked_projections(k_n, WS2), stacked_projections(q_n, WS2)
+        for lop, k_n, q_n, v_n, ee_n in zip(loop_operators(ops, u_column=True).chunks(), kc.unbind(2),
+                                            qc.unbind(2), vc.unbind(2), e_eta.unbind(2)):
+            KT, KS = pair_projections(k_n, W2, S2)
+            QT, QS = pair_projections(q_n, W2[:, r], S2[:, r])
             if not resumed:
-                W1_0, W2_0 = WS1[:, :, 0], WS2[:, :, 0]                     # chunk-start state
-                h = KTS[:, :, 0]                                            # W2_0 k_s
+                W1_0, W2_0 = W1, W2                                         # chunk-start state
+                h = KT                                                      # W2_0 k_s
             else:
                 h = k_n @ W2_0.transpose(-1, -2)
             # gradients at the chunk-start state, for the whole chunk
@@ -110,18 +109,18 @@ def chunk_mlp_memory(
             delta = (err @ W1_0) * dsigma(h)                                # W2's error
             if hidden_norm:                                                 # W1's step / ||z||^2
                 err = err / hidden_scale(z).unsqueeze(-1)
-            # W2 (keyed, DGD): hq_t = W2_t q_t
-            hq, WS2 = stacked_step(sop, k_n, WS2, KTS, QTS, delta)
-            # W1, dual form: o1_t = W1_t sigma(hq_t)
-            zq = sigma(hq)                                                  # [B, H, L, E]
-            QW = stacked_projections(zq, WS1)                               # [B, H, 2, L, D]
-            o1 = (QW * sop.read).sum(2) - (ee_n * (zq @ z.transpose(-1, -2))) @ err
-            upd = (u1_n * err.unsqueeze(2)).transpose(-1, -2) @ z.unsqueeze(2)     # [B, H, 2, D, E]
-            WS1 = (sop.mix @ WS1.flatten(-2)).unflatten(-1, (D, E)) + upd
+            # W1, dual form: o1_t = W1_t sigma(hq_t), with hq_t = W2_t q_t (keyed, DGD)
+            hq, W2_next, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
+            zq = sigma(hq)                                                  # [B, Hq, L, E]
+            QW, QS1 = pair_projections(zq, W1[:, r], S1[:, r])              # [B, Hq, L, D]
+            o1 = (QW * lop.gamma[:, r] + QS1 * lop.m[:, r]
+                  - (ee_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])
+            W1_next = state_step(W1, lop.gamma_C, S1, lop.m_C, -lop.e_last * err, z)
+            S1 = state_step(S1, lop.P_C, None, None, -lop.d_last * err, z)
+            W1, W2 = W1_next, W2_next
             seg.append(q_n + o1)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
-    o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
-    (W1, S1), (W2, S2) = WS1.unbind(2), WS2.unbind(2)
+    o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
                            pos_end)

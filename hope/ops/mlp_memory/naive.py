@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos,
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, read_heads,
                             expand_state, hidden_scale)
 
 
@@ -35,7 +35,8 @@ def naive_recurrent_mlp_memory(
     """Run the inner rule token by token on a residual two-layer MLP memory.
 
     Args:
-        q: [B, T, H, D] queries (read after the token's write).
+        q: [B, T, Hq, D] queries (read after the token's write) of the last Hq <= H heads
+            (Hq = 0: the op only learns).
         k: [B, T, H, D] keys.
         v: [B, T, H, D] values (targets).
         eta: [B, T, H] inner learning rate, documented range (0, 1/2) (see README.md).
@@ -63,7 +64,7 @@ def naive_recurrent_mlp_memory(
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
     Returns:
-        o: [B, T, H, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
+        o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
             shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
     """
@@ -77,6 +78,7 @@ def naive_recurrent_mlp_memory(
     S1 = expand_state(st.S1, (B, H, D, E), q)
     S2 = expand_state(st.S2, (B, H, E, D), q)
     W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q) if pos else W1
+    r = read_heads(q, H)
     W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q) if pos else W2
 
     def mv(W, x):
@@ -114,8 +116,8 @@ def naive_recurrent_mlp_memory(
             W2A = W2A - eta_t * outer(mv(W2, k_t), k_t)          # W2 (alpha I - eta k k^T)
         W2 = W2A + S2
         # o_t = M_{Theta_t}(q_t)
-        outs.append(q_t + mv(W1, sigma(mv(W2, q_t))))
-    o = torch.stack(outs, dim=1) if outs else q.new_zeros(B, 0, H, D)
+        outs.append(q_t + mv(W1[:, r], sigma(mv(W2[:, r], q_t))))
+    o = torch.stack(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % chunk_size
     final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
                            pos_end)
