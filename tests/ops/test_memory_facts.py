@@ -123,3 +123,40 @@ def test_float32_long_sequence_stable(kind, objective):
     assert all(torch.isfinite(x).all() for x in s32 if isinstance(x, torch.Tensor))
     assert o64.abs().max() < 1e3
     assert rel_err(o64, o32.double()) < 1e-3
+
+
+@pytest.mark.parametrize("kind,bound", [("mlp", 0.012), ("linear", 0.005)])
+def test_bf16_autocast_keeps_float32_state(kind, bound):
+    """Under bf16 autocast the state stays float32 and close to float64 over 2,048 tokens.
+
+    The inputs are float32 (the layers L2-normalize q and k, which autocast runs in float32),
+    holding bf16-rounded values; the reference runs them in float64. Measured relative errors of
+    the final weights: MLP 0.6% / 0.8% (W1 / W2), linear 0.35%; with the state in bf16 (the
+    updates' `baddbmm` under autocast) they were 2.6% / 2.8% and 0.75%.
+    """
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D = 2, 2048, 2, 32
+    k = F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    q = F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    v = torch.randn(B, T, H, D, generator=g)
+    eta = torch.rand(B, T, H, generator=g) * 0.1
+    alpha = 1 - torch.rand(B, T, H, generator=g) * 0.001
+    beta = torch.rand(B, T, H, generator=g) * 0.9
+    args = [x.bfloat16().float() for x in (q, k, v, eta, alpha, beta)]
+    W2 = torch.randn(H, 2 * D, D, generator=g) / D ** 0.5
+    if kind == "mlp":
+        op, state = chunk_mlp_memory, MLPMemoryState(torch.zeros(H, D, 2 * D), W2)
+        kw = dict(hidden_norm=True, momentum_norm=True)
+    else:
+        op, state = chunk_linear_memory, LinearMemoryState(W2[:, :D])
+        kw = {}
+    state64 = type(state)(*(x.double() for x in state if isinstance(x, torch.Tensor)))
+    _, ref = op(*(x.double() for x in args), initial_state=state64,
+                output_final_state=True, chunk_size=16, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, got = op(*args, initial_state=state, output_final_state=True, chunk_size=16, **kw)
+    weights = ("W1", "W2") if kind == "mlp" else ("W",)
+    for name in weights:
+        w = getattr(got, name)
+        assert w.dtype == torch.float32, name
+        assert rel_err(getattr(ref, name), w.double()) < bound, name

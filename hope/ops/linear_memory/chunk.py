@@ -16,7 +16,7 @@ import torch
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
                             from_chunks, keyed_operators, keyed_step, loop_operators,
-                            pair_projections, read_heads, split_segments, to_chunks)
+                            pair_projections, read_heads, split_segments, state_dtype, to_chunks)
 
 
 def chunk_linear_memory(
@@ -65,8 +65,9 @@ def chunk_linear_memory(
     st = initial_state if initial_state is not None else LinearMemoryState(None)
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W_chunk is not None)
-    W, S = (expand_state(x, (B, H, D, D), q) for x in (st.W, st.S))         # [B, H, D, D]
-    W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else None
+    sd = state_dtype(st, q)                                              # state dtype
+    W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))         # [B, H, D, D]
+    W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else None
     r = read_heads(q, H)
     # the read operators are built for every head (cheap, C x C); queries of unread heads: k
     q_ops = q if q.shape[2] == H else torch.cat([k[:, :, :r.start], q], dim=2)

@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import LinearMemoryState, check_inputs, check_pos, expand_state, read_heads
+from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, expand_state, read_heads,
+                            state_dtype)
 
 
 def naive_recurrent_linear_memory(
@@ -60,9 +61,10 @@ def naive_recurrent_linear_memory(
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
     st = initial_state if initial_state is not None else LinearMemoryState(None)
     pos = check_pos(st.pos, chunk_size, st.W_chunk is not None)
-    W = expand_state(st.W, (B, H, D, D), q)
-    S = expand_state(st.S, (B, H, D, D), q)
-    W0 = expand_state(st.W_chunk, (B, H, D, D), q) if pos else W
+    sd = state_dtype(st, q)                                              # state dtype
+    W = expand_state(st.W, (B, H, D, D), q, sd)
+    S = expand_state(st.S, (B, H, D, D), q, sd)
+    W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else W
     r = read_heads(q, H)
     outs = []
     for t in range(T):

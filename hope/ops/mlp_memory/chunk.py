@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays, state_dtype,
                             expand_state, from_chunks, hidden_scale, keyed_operators, keyed_step,
                             loop_operators, pair_projections, read_heads, split_segments,
                             state_step, to_chunks)
@@ -75,15 +75,16 @@ def chunk_mlp_memory(
     st = initial_state if initial_state is not None else MLPMemoryState(None, None)
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
+    sd = state_dtype(st, q)                                              # state dtype
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
     r = read_heads(q, H)
     # the read operators are built for every head (cheap, C x C); queries of unread heads: k
     q_ops = q if q.shape[2] == H else torch.cat([k[:, :, :r.start], q], dim=2)
-    W1, S1 = (expand_state(x, (B, H, D, E), q) for x in (st.W1, st.S1))
-    W2, S2 = (expand_state(x, (B, H, E, D), q) for x in (st.W2, st.S2))
+    W1, S1 = (expand_state(x, (B, H, D, E), q, sd) for x in (st.W1, st.S1))
+    W2, S2 = (expand_state(x, (B, H, E, D), q, sd) for x in (st.W2, st.S2))
     if pos:
-        W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q)
-        W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q)
+        W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd)
+        W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, read_heads,
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, read_heads, state_dtype,
                             expand_state, hidden_scale)
 
 
@@ -72,14 +72,15 @@ def naive_recurrent_mlp_memory(
     sigma, dsigma = activation(act)
     st = initial_state if initial_state is not None else MLPMemoryState(None, None)
     pos = check_pos(st.pos, chunk_size, st.W1_chunk is not None and st.W2_chunk is not None)
+    sd = state_dtype(st, q)                                              # state dtype
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
-    W1 = expand_state(st.W1, (B, H, D, E), q)
-    W2 = expand_state(st.W2, (B, H, E, D), q)
-    S1 = expand_state(st.S1, (B, H, D, E), q)
-    S2 = expand_state(st.S2, (B, H, E, D), q)
-    W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q) if pos else W1
+    W1 = expand_state(st.W1, (B, H, D, E), q, sd)
+    W2 = expand_state(st.W2, (B, H, E, D), q, sd)
+    S1 = expand_state(st.S1, (B, H, D, E), q, sd)
+    S2 = expand_state(st.S2, (B, H, E, D), q, sd)
+    W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd) if pos else W1
     r = read_heads(q, H)
-    W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q) if pos else W2
+    W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd) if pos else W2
 
     def mv(W, x):
         return torch.einsum("bhij,bhj->bhi", W, x)
