@@ -153,8 +153,8 @@ class SelfModifyingTitans(nn.Module):
         raw: outputs of the static projections over the whole call; conv: caches, updated in place.
         """
         B, L, H, D = xh.shape
-        n = (proj.W1 if self.proj.kind == "mlp" else proj.W).shape[1] // H   # memories in proj
-        rd = self.proj.read_start(proj, xh.repeat(1, 1, n, 1)).view(B, L, n, H, D)
+        n_mem = (proj.W1 if self.proj.kind == "mlp" else proj.W).shape[1] // H   # memories in proj
+        rd = self.proj.read_start(proj, xh.repeat(1, 1, n_mem, 1)).view(B, L, n_mem, H, D)
         idx = {n: i for i, n in enumerate(self.proj_names)}
         out = {}
         for n in "kvq":
