@@ -102,6 +102,13 @@ def read_heads(q: torch.Tensor, H: int) -> slice:
     return slice(H - q.shape[2], H)
 
 
+def operator_queries(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Queries for every head, `[B, T, H, D]`, to build the chunk operators with: `q` on the read
+    heads, `k` on the unread ones (their read rows are built, cheap at C x C, and never used)."""
+    H = k.shape[2]
+    return q if q.shape[2] == H else torch.cat([k[:, :, :read_heads(q, H).start], q], dim=2)
+
+
 def state_dtype(state, ref: torch.Tensor) -> torch.dtype:
     """The dtype an op keeps its state in: the widest of `ref` (the queries) and the state's
     tensors. Under bf16 autocast a float32 (meta-learned) state stays float32 even when the
@@ -365,9 +372,9 @@ def state_step(W, a, S, b, G, K):
     W: [B, H, Do, Di]; a: [B, H]; S, b: the same or None (no S term); G: [B, H, C, Do];
     K: [B, H, C, Di]. The outer products accumulate into the decayed state in one `baddbmm`.
 
-    Runs in W's dtype with autocast off: under bf16 autocast the state stays float32 (the ops'
-    inputs q, k are L2-normalized, hence float32, so the state starts float32); a bf16 state
-    would lose the small per-chunk updates (after 2,048 tokens the MLP memory's W1 / W2 were off
+    Runs in W's dtype with autocast off, so under bf16 autocast a float32 state (the ops keep the
+    widest of the inputs' and the initial state's dtype, `state_dtype`) stays float32; a bf16
+    state would lose the small per-chunk updates (after 2,048 tokens the MLP memory's W1 / W2 were off
     by 2.6% / 2.8% from float64 with a bf16 state, 0.6% / 0.8% with this;
     `tests/ops/test_memory_facts.py::test_bf16_autocast_keeps_float32_state`).
     """
@@ -378,8 +385,8 @@ def state_step(W, a, S, b, G, K):
         base = W * a[..., None, None].to(dt)
         if S is not None:
             base = torch.addcmul(base, S.to(dt), b[..., None, None].to(dt))
-        out = torch.baddbmm(base.reshape(B * H, Do, Di),
-                            G.to(dt).transpose(-1, -2).reshape(B * H, Do, C), K.to(dt).reshape(B * H, C, Di))
+        out = torch.baddbmm(base.reshape(B * H, Do, Di), G.to(dt).transpose(-1, -2).reshape(B * H, Do, C),
+                            K.to(dt).reshape(B * H, C, Di))
     return out.view(B, H, Do, Di)
 
 
@@ -394,6 +401,7 @@ def keyed_step(lop, k, W, S, KT, KS, QT, QS, U, const=None):
     Returns o [B, Hq, C, Do] (`Theta_t q_t`), the next W and the next S.
     """
     C, H, Hq = k.shape[-2], k.shape[1], QT.shape[1]
+    r = slice(H - Hq, H)                                                    # the read heads
     cols = torch.cat([KT, KS, U] if lop.op.shape[-1] > 2 * C else [KT, KS], dim=-2)
     if Hq == H:
         out = lop.op @ cols                                                 # [B, H, 2C, Do]
@@ -401,12 +409,10 @@ def keyed_step(lop, k, W, S, KT, KS, QT, QS, U, const=None):
             out = out + const
         o, Z = out[..., :C, :], out[..., C:, :]
     else:                                                                   # reads of the last Hq only
-        r = slice(H - Hq, H)
         Z = lop.op[..., C:, :] @ cols
         o = lop.op[:, r, :C, :] @ cols[:, r]
         if const is not None:
             Z, o = Z + const[..., C:, :], o + const[:, r, :C, :]
-    r = slice(H - Hq, H)
     o = o + QT * lop.gamma[:, r] + QS * lop.m[:, r]
     W_next = state_step(W, lop.gamma_C, S, lop.m_C, Z, k)
     S_next = state_step(S, lop.P_C, None, None, -lop.d_last * U, k)

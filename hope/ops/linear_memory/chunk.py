@@ -16,7 +16,8 @@ import torch
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
                             from_chunks, keyed_operators, keyed_step, loop_operators,
-                            pair_projections, read_heads, split_segments, state_dtype, to_chunks)
+                            operator_queries, pair_projections, read_heads, split_segments,
+                            state_dtype, to_chunks)
 
 
 def chunk_linear_memory(
@@ -66,11 +67,9 @@ def chunk_linear_memory(
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W_chunk is not None)
     sd = state_dtype(st, q)                                              # state dtype
-    W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))         # [B, H, D, D]
+    W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))  # [B, H, D, D]
     W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else None
-    r = read_heads(q, H)
-    # the read operators are built for every head (cheap, C x C); queries of unread heads: k
-    q_ops = q if q.shape[2] == H else torch.cat([k[:, :, :r.start], q], dim=2)
+    r, q_ops = read_heads(q, H), operator_queries(q, k)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]

@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays, state_dtype,
+from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
                             expand_state, from_chunks, hidden_scale, keyed_operators, keyed_step,
-                            loop_operators, pair_projections, read_heads, split_segments,
-                            state_step, to_chunks)
+                            loop_operators, operator_queries, pair_projections, read_heads,
+                            split_segments, state_dtype, state_step, to_chunks)
 
 
 def chunk_mlp_memory(
@@ -77,9 +77,7 @@ def chunk_mlp_memory(
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
     sd = state_dtype(st, q)                                              # state dtype
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
-    r = read_heads(q, H)
-    # the read operators are built for every head (cheap, C x C); queries of unread heads: k
-    q_ops = q if q.shape[2] == H else torch.cat([k[:, :, :r.start], q], dim=2)
+    r, q_ops = read_heads(q, H), operator_queries(q, k)
     W1, S1 = (expand_state(x, (B, H, D, E), q, sd) for x in (st.W1, st.S1))
     W2, S2 = (expand_state(x, (B, H, E, D), q, sd) for x in (st.W2, st.S2))
     if pos:
@@ -111,14 +109,13 @@ def chunk_mlp_memory(
             if hidden_norm:                                                 # W1's step / ||z||^2
                 err = err / hidden_scale(z).unsqueeze(-1)
             # W1, dual form: o1_t = W1_t sigma(hq_t), with hq_t = W2_t q_t (keyed, DGD)
-            hq, W2_next, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
+            hq, W2, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
             zq = sigma(hq)                                                  # [B, Hq, L, E]
             QW, QS1 = pair_projections(zq, W1[:, r], S1[:, r])              # [B, Hq, L, D]
             o1 = (QW * lop.gamma[:, r] + QS1 * lop.m[:, r]
                   - (ee_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])
-            W1_next = state_step(W1, lop.gamma_C, S1, lop.m_C, -lop.e_last * err, z)
-            S1 = state_step(S1, lop.P_C, None, None, -lop.d_last * err, z)
-            W1, W2 = W1_next, W2_next
+            W1, S1 = (state_step(W1, lop.gamma_C, S1, lop.m_C, -lop.e_last * err, z),
+                      state_step(S1, lop.P_C, None, None, -lop.d_last * err, z))
             seg.append(q_n + o1)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
