@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import statistics
 import time
 from dataclasses import replace
@@ -95,8 +96,9 @@ def main() -> None:
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         ratio = f"{base / r['tokens_per_s']:.2f}" if base else "-"
+        peak = "-" if math.isnan(r["peak_gib"]) else f"{r['peak_gib']:.1f}"  # measured on CUDA only
         print(f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-              f"{ratio} | {r['peak_gib']:.1f} |")
+              f"{ratio} | {peak} |")
 
 
 if __name__ == "__main__":
