@@ -22,7 +22,7 @@ import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from hope.config import Config, apply_overrides
-from hope.errors import HopeError
+from hope.errors import DivergedError, HopeError
 from hope.models import build_model
 from hope.recipes import get_recipe
 from hope.train import count_parameters, train
@@ -53,8 +53,10 @@ def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) 
         else:
             print(f"{arch}: {steps} steps of {per_step} tokens")
             train(cfg, run, overwrite=True)
-    except HopeError as e:  # a model that diverges is a result too: record it and go on
+    except DivergedError as e:  # a model that diverges is a result too: record it and go on
+        # (any other error, e.g. an unprepared corpus, stops the comparison and is not recorded)
         print(f"{arch}: {e}")
+        run.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps({"error": str(e)}) + "\n")
     if failed.exists():
         return {"arch": arch, "recipe": recipe_name(arch, size), "error": json.loads(failed.read_text())["error"],
@@ -122,7 +124,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     archs = [a.strip() for a in args.models.split(",") if a.strip()]
-    results = [run_one(a, size, tokens, out, args.set) for a in archs]
+    try:
+        results = [run_one(a, size, tokens, out, args.set) for a in archs]
+    except HopeError as e:  # bad input (an unknown model or key, an unprepared corpus): one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     done = {r["arch"]: r for r in results}
     if (out / "results.json").exists():  # keep models finished by earlier invocations
         for r in json.loads((out / "results.json").read_text()):

@@ -10,6 +10,10 @@ class HopeError(Exception):
     """A user-facing error: bad input, bad config, unreadable files."""
 
 
+class DivergedError(HopeError):
+    """Training produced a non-finite loss (a result of the run, not a mistake in its input)."""
+
+
 def check_known(what: str, names, available, hint: str = "") -> None:
     """Raise `HopeError("unknown WHAT 'name'; available: a, b, c" + hint)` for the first of `names`
     that is not in `available`."""

@@ -37,7 +37,7 @@ from hope.config import Config
 from hope.data.corpus import load_corpus
 from hope.data.tokenizer import build_tokenizer, load_tokenizer
 from hope.data.tokens import get_batch, get_stream_batch, prepare_tokens, val_windows
-from hope.errors import HopeError
+from hope.errors import DivergedError, HopeError
 from hope.generate import generate
 from hope.models import build_model
 from hope.models.common import forward_backward
@@ -342,7 +342,7 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
                 dist.all_reduce(t)
                 train_loss = t.item() / world
             if not math.isfinite(train_loss):
-                raise HopeError(f"training diverged at step {step} (loss {train_loss}); lower train.lr")
+                raise DivergedError(f"training diverged at step {step} (loss {train_loss}); lower train.lr")
             now = time.perf_counter()
             if step % tc.log_every == 0 or step == tc.steps:
                 tps = (tokens_seen - tok_last) / max(now - t_last, 1e-9)

@@ -1,0 +1,53 @@
+"""benchmarks/compare.py: a diverged model is a recorded result, any other error stops the comparison."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from hope.errors import DivergedError, HopeError
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+
+
+@pytest.fixture
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_divergence_is_recorded_and_skipped_on_rerun(compare, tmp_path, monkeypatch):
+    calls = []
+
+    def diverge(cfg, run, **kw):
+        calls.append(run)
+        raise DivergedError("training diverged at step 3 (loss nan); lower train.lr")
+
+    monkeypatch.setattr(compare, "train", diverge)
+    result = compare.run_one("titans", "debug", 2048, tmp_path, [])
+    assert "diverged at step 3" in result["error"]
+    assert json.loads((tmp_path / "titans" / "diverged.json").read_text())["error"] == result["error"]
+    assert "diverged at step 3" in compare.write_table([result], tmp_path)
+    assert compare.run_one("titans", "debug", 2048, tmp_path, [])["error"] == result["error"]
+    assert len(calls) == 1  # the rerun does not train the diverged model again
+
+
+def test_bad_input_is_not_recorded_as_a_result(compare, tmp_path, monkeypatch):
+    def unprepared(cfg, run, **kw):
+        raise HopeError("corpus 'wiki' is not prepared; run: hope data get wiki")
+
+    monkeypatch.setattr(compare, "train", unprepared)
+    with pytest.raises(HopeError, match="not prepared"):
+        compare.run_one("titans", "debug", 2048, tmp_path, [])
+    assert not (tmp_path / "titans" / "diverged.json").exists()
+
+
+def test_cli_prints_one_line_for_bad_input(compare, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["compare.py", "--quick", "--out", str(tmp_path), "--models", "titans",
+                                     "--set", "train.no_such_key=1"])
+    with pytest.raises(SystemExit) as e:
+        compare.main()
+    assert str(e.value).startswith("error: ") and "no_such_key" in str(e.value)
