@@ -95,15 +95,18 @@ def plot(results: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    corpora, sizes = set(), set()
     for r in results:
         if "error" in r:
             continue
+        corpora.add(Path(Config.load(Path(r["run"]) / "config.json").data.corpus).name)
+        sizes.add(r["recipe"].rsplit("_", 1)[-1])
         records = [json.loads(line) for line in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines() if line]
         val = [(x["tokens"], x["val_loss"]) for x in records if "val_loss" in x]
         ax.plot(*zip(*val), "o-", ms=3, label=f"{r['arch']} ({r['params'] / 1e6:.1f}M)")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats / token)")
-    ax.set_title("Shakespeare, tiny recipes, equal token budget")
+    ax.set_title(f"{', '.join(sorted(corpora))}, {'/'.join(sorted(sizes))} recipes, equal token budget")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
