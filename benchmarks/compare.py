@@ -4,6 +4,7 @@ and compare them (issue 4; the paper's ordering is Hope best).
     python benchmarks/compare.py --tokens 5000000 --out runs/compare          # the tiny recipes
     python benchmarks/compare.py --quick --out /tmp/compare                   # debug recipes, a minute
     python benchmarks/compare.py --tokens 5000000 --out runs/compare --models hope,titans   # add or redo some
+    python benchmarks/compare.py --tokens 1000000 --out runs/wiki --set data.corpus=wiki    # another corpus
 
 Each model trains with its `<arch>_tiny` recipe (parameter counts matched within 5%), the same
 batch shape, seed and number of steps. Finished models are skipped when the command is run again
