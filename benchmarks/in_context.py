@@ -20,7 +20,7 @@ import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 import torch.nn.functional as F
 
-from hope.cli import _load_run
+from hope.runs import load_run
 from hope.data.corpus import load_corpus
 
 
@@ -46,7 +46,8 @@ def main() -> None:
                     help="override the fast-weight learning rate at reading time (default: the trained one)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg, model, tokenizer, _ = _load_run(Path(args.run))
+    run = load_run(args.run)
+    cfg, model, tokenizer = run.cfg, run.model, run.tokenizer
     if not hasattr(model, "read") or model.cms_segment is None:
         raise SystemExit(f"{cfg.arch} has no learning CMS: nothing to compare")
     if args.cms_lr is not None:

@@ -33,6 +33,19 @@ def atomic_write_text(path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def match_umask(path) -> None:
+    """Give a file the mode `open()` would have (0644 under the usual umask). safetensors writes its
+    files with mode 0600, which left the weights unreadable to the group the rest of a run folder is
+    shared with."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -55,6 +68,7 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
+    match_umask(tmp / "model.safetensors")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -78,10 +92,15 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
 
 
 def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint `checkpoints/latest` names; without that pointer, the newest `step-*` folder.
+
+    The pointer is written last, so a crash (or a user's cleanup) can leave complete `step-*` folders
+    without it; loading verifies the folder's manifest either way."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"
     if not pointer.exists():
-        return None
+        steps = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+        return steps[-1] if steps else None
     path = root / pointer.read_text().strip()
     if not path.is_dir():
         raise HopeError(f"{pointer} names {path.name}, which does not exist")

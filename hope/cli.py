@@ -3,9 +3,12 @@
     hope train [--recipe tiny] [--set train.steps=500 model.d_model=256] [--data PATH] [--out DIR]
     hope generate --run DIR --prompt "..." [--max-new-tokens 200 --temperature 0.8 --top-k 50]
     hope info DIR
+    hope export --run DIR --out HF_DIR    a transformers folder (AutoModelForCausalLM.from_pretrained)
     hope bench formal|mad|niah [--quick] [--models ...] [--out DIR]   (hope/bench/cli.py)
 
-Every user error (`HopeError`) is printed as one line `error: ...` with exit status 2.
+`generate`, `info` and `eval ...` read a run folder or a transformers folder (`hope.runs.load_run`).
+Every user error (`HopeError`) is printed as one line `error: ...` with exit status 2; Ctrl-C, even
+while the command is still importing torch, prints `interrupted` and exits with status 130.
 """
 
 from __future__ import annotations
@@ -42,38 +45,22 @@ def cmd_train(args) -> int:
     return 130 if result.get("interrupted") else 0
 
 
-def _load_run(run: Path, device: str = "cpu"):
-    """Config, model with the latest weights, and tokenizer of a run folder."""
-    import torch
-
-    from hope.checkpoint import latest_checkpoint, load_checkpoint
-    from hope.config import Config
-    from hope.data.tokenizer import load_tokenizer
-    from hope.models import build_model
-
-    if not run.is_dir():
-        raise HopeError(f"run folder {run} does not exist")
-    cfg = Config.load(run / "config.json")
-    tokenizer = load_tokenizer(run / "tokenizer.json")
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise HopeError(f"run folder {run} has no checkpoint yet")
-    model = build_model(cfg.arch, cfg.model)
-    load_checkpoint(ckpt, model)
-    return cfg, model.to(torch.device(device)), tokenizer, ckpt
-
-
 def cmd_generate(args) -> int:
     import torch
 
     from hope.generate import generate
+    from hope.runs import load_run
 
-    cfg, model, tokenizer, _ = _load_run(Path(args.run), args.device)
     if args.max_new_tokens < 0:
         raise HopeError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise HopeError(f"--num-samples must be >= 1, got {args.num_samples}")
+    run = load_run(args.run, args.device)
+    model, tokenizer = run.model, run.tokenizer
+    device = next(model.parameters()).device
     ids = [tokenizer.eos_id] + tokenizer.encode(args.prompt)
-    prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=args.device)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen,
                    learn=not args.no_learn)
     for i, row in enumerate(out.cpu()):
@@ -84,16 +71,17 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from hope.train import count_parameters
+    from hope.models import count_parameters
+    from hope.runs import load_run
 
-    run = Path(args.run)
-    cfg, model, tokenizer, ckpt = _load_run(run)
+    loaded = load_run(args.run)
+    run, cfg, model, tokenizer = loaded.path, loaded.cfg, loaded.model, loaded.tokenizer
     params = count_parameters(model)
-    print(f"run:         {run}")
+    print(f"run:         {run}" + (" (transformers folder)" if loaded.kind == "transformers" else ""))
     print(f"arch:        {cfg.arch}")
     print(f"parameters:  {params['total']:,} ({params['non_embedding']:,} non-embedding)")
     print(f"tokenizer:   {tokenizer.kind}, vocabulary {tokenizer.vocab_size}")
-    print(f"checkpoint:  {ckpt.name}")
+    print(f"{'checkpoint:' if loaded.kind == 'run' else 'weights:':<13}{loaded.source}")
     records = []
     if (run / "metrics.jsonl").exists():
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -110,12 +98,23 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from hope.hf import export_run
+
+    out = export_run(args.run, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) after `import hope`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hope.recipes import RECIPES
+
     parser = argparse.ArgumentParser(prog="hope", description="Nested Learning and the Hope architecture.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a language model", description="Train a model from a named recipe.")
-    p.add_argument("--recipe", default="tiny", help="named recipe (debug, tiny, small, base); default tiny")
+    p.add_argument("--recipe", default="tiny", metavar="NAME",
+                   help="named recipe (default tiny): " + ", ".join(RECIPES))
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="override config fields, e.g. --set model.d_model=256 train.steps=500")
     p.add_argument("--data", default=None, help="a UTF-8 text file or folder (default: the embedded Shakespeare)")
@@ -126,21 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="sample text from a trained run", description="Sample text from a run.")
-    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--run", required=True, help="run folder or transformers folder (hope export)")
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=50, help="0 = no top-k filter")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-learn", action="store_true",
                    help="freeze the Continuum Memory System while reading the prompt (CMS models)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a run folder", description="Config, parameter count, last metrics.")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder or transformers folder (hope export)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers folder",
+                       description="Write the latest weights, config and tokenizer of a run as a transformers "
+                                   "folder (safetensors; AutoModelForCausalLM after `import hope`). Needs transformers.")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_export)
     from hope.eval.cli import register
     register(sub)
     from hope.bench.cli import register as register_bench
@@ -149,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        # building the parser imports torch (a second or more): Ctrl-C there is an interrupt too
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except HopeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,6 +5,10 @@ A run is described by a `Config`: the architecture name, that architecture's own
 `hope/recipes.py` return complete configs; `apply_overrides` changes fields from `--set` strings such
 as `model.d_model=256 train.steps=500`, coercing each value to the field's type and rejecting
 unknown keys with the list of valid ones.
+
+The architectures' config classes are registered here by `hope.models` (`register_model_config`), so
+this module imports no model: the models import it (for `check_model_shape`), and imports run one way.
+Importing any model (or `hope.models`) registers all four.
 """
 
 from __future__ import annotations
@@ -17,6 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hope.errors import HopeError
+
+MODEL_CONFIGS: dict[str, type] = {}  # arch name -> config dataclass, filled by hope.models
+
+
+def register_model_config(arch: str, config_class: type) -> None:
+    """Make `arch` loadable by `Config.from_dict` (called by `hope.models` for each architecture)."""
+    MODEL_CONFIGS[arch] = config_class
+
+
+def model_config_class(arch: str) -> type:
+    try:
+        return MODEL_CONFIGS[arch]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_CONFIGS)) or "none registered (import hope.models first)"
+        raise HopeError(f"unknown architecture {arch!r}; available: {known}") from None
 
 
 @dataclass
@@ -110,10 +129,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        from hope.models import get_model_class
-
-        model_cls = get_model_class(d["arch"])
-        return cls(arch=d["arch"], model=_build(model_cls.config_class, d.get("model", {}), "model"),
+        return cls(arch=d["arch"], model=_build(model_config_class(d["arch"]), d.get("model", {}), "model"),
                    train=_build(TrainConfig, d.get("train", {}), "train"),
                    data=_build(DataConfig, d.get("data", {}), "data"))
 
@@ -241,4 +257,6 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             valid = ", ".join(f"{section}.{k}" for k in sorted(d[section]))
             raise HopeError(f"unknown key {key}; valid keys: {valid}")
         d[section][name] = value
-    return Config.from_dict(d)
+    # the model's own config class, so overrides need no registry lookup
+    return Config(arch=cfg.arch, model=_build(type(cfg.model), d["model"], "model"),
+                  train=_build(TrainConfig, d["train"], "train"), data=_build(DataConfig, d["data"], "data"))

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from hope.config import Config, DataConfig, TrainConfig
 from hope.errors import HopeError
-from hope.models.transformer import TransformerConfig
+from hope.models import TransformerConfig, get_model_class
 
 
 def debug() -> Config:
@@ -56,8 +56,6 @@ def base() -> Config:
 
 def _with_model(base_recipe, arch: str, **model_fields) -> Config:
     """`base_recipe` (a Transformer recipe) with another architecture of matched size."""
-    from hope.models import get_model_class
-
     cfg = base_recipe()
     m = cfg.model
     common = {"vocab_size": m.vocab_size, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,

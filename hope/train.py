@@ -39,32 +39,11 @@ from hope.data.tokenizer import build_tokenizer, load_tokenizer
 from hope.data.tokens import get_batch, get_stream_batch, prepare_tokens, val_windows
 from hope.errors import DivergedError, HopeError
 from hope.generate import generate
-from hope.models import build_model
+from hope.device import resolve_device
+from hope.models import build_model, count_parameters
 from hope.models.common import forward_backward
 from hope.optim import build_optimizer
-
-
-def lr_at(step: int, cfg) -> float:
-    """Learning rate multiplier at `step` (0-based): linear warmup, then cosine to min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HopeError(f"train.device={name} but no CUDA device is available")
-    return torch.device(name)
-
-
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Total parameters (shared ones once) and the part outside the token embedding."""
-    total = sum(p.numel() for p in model.parameters())
-    embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    return {"total": total, "non_embedding": total - embed}
+from hope.schedule import lr_at
 
 
 @torch.no_grad()
@@ -206,7 +185,7 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
         backend = "nccl" if torch.cuda.is_available() and tc.device != "cpu" else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if distributed else 0
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, "train.device")
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -402,12 +381,9 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hope.train ...` (what torchrun launches): the same arguments as `hope train`."""
-    from hope.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m hope.train ...` (what torchrun launches) = `hope train ...`; the CLI imports this module,
+    # never the reverse (this block runs only when the file is the program)
+    from hope.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 
 from hope.config import TrainConfig
 from hope.errors import HopeError
-from hope.models import HopeAttentionConfig, HopeConfig, TitansConfig, TransformerConfig, build_model
+from hope.models import HopeAttentionConfig, HopeConfig, TitansConfig, TransformerConfig, build_model, count_parameters
 from hope.models.common import forward_backward
 from hope.optim import build_optimizer
-from hope.train import count_parameters, lr_at
+from hope.schedule import lr_at
 
 IGNORE = -100  # target of an unscored position (F.cross_entropy's default ignore_index)
 PAD = 0  # every bench vocabulary reserves id 0 for right padding

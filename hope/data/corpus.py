@@ -4,6 +4,7 @@ The default corpus is Shakespeare, embedded in the package (`hope/data/corpus/`,
 there). `--data PATH` takes any UTF-8 text file or folder of `.txt`/`.md`/... files. Splits are
 deterministic: documents sorted by name, every k-th one held out (k = round(1 / val_fraction)); a
 corpus with a single document is split by text, its last `val_fraction` going to validation.
+Registered corpora (`hope data get wiki`) come with their own splits from `hope.data.registry`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from hope.data.registry import get_entry, read_manifest, read_split, resolve_name
 from hope.errors import HopeError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".tex", ".py", ".json", ".jsonl", ".csv", ".html", "")
@@ -96,15 +98,38 @@ def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
     return Corpus(p.name, train, val, h.hexdigest()[:16])
 
 
+def corpus_documents(name: str, split: str) -> list[str]:
+    """The document texts of one split of a registered corpus (Shakespeare's test is its validation)."""
+    entry = get_entry(name)
+    if entry.kind != "corpus":
+        raise HopeError(f"{entry.name!r} is a benchmark, not a text corpus")
+    if entry.source is None:
+        c = load_shakespeare()
+        return c.train if split == "train" else c.val
+    return [r["text"] for r in read_split(entry.name, split)]
+
+
+def load_registered_corpus(name: str, val_fraction: float = 0.1) -> Corpus:
+    """A registered corpus as a training `Corpus` (train and validation splits; the test split is
+    kept out of training). `val_fraction` is ignored: the registry's split is fixed."""
+    entry = get_entry(name)
+    if entry.source is None or entry.kind != "corpus":
+        raise HopeError(f"{entry.name!r} is not a downloadable text corpus")
+    manifest = read_manifest(entry.name)
+    if manifest is None:
+        raise HopeError(f"corpus {entry.name!r} is not prepared; run: hope data get {entry.name}")
+    train = corpus_documents(entry.name, "train")
+    val = corpus_documents(entry.name, "validation")
+    digest = hashlib.sha256((manifest["files"]["train.jsonl"]["sha256"] +
+                             manifest["files"]["validation.jsonl"]["sha256"]).encode()).hexdigest()[:16]
+    return Corpus(entry.name, train, val, digest)
+
+
 def load_corpus(spec: str, val_fraction: float = 0.1) -> Corpus:
     """`spec` is "shakespeare", a name of `hope.data.registry` (`hope data get NAME`), or a path."""
     if spec == "shakespeare":
         return load_shakespeare(val_fraction)
     # registered corpora (wiki, pg, bible, pydocs) take precedence over a path of the same name
-    from hope.data.registry import get_entry, resolve_name
-
     if resolve_name(spec) is not None and get_entry(spec).kind == "corpus":
-        from hope.data.registry import load_registered_corpus
-
         return load_registered_corpus(spec, val_fraction)
     return load_path(spec, val_fraction)

