@@ -16,3 +16,91 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+
+def _register_when_transformers_loads() -> None:
+    """Make `AutoModelForCausalLM.from_pretrained(DIR)` work for our models after `import hope`, without
+    importing transformers (or torch) here.
+
+    When transformers imports its `configuration_auto` module, the model-type table there
+    (`CONFIG_MAPPING`) learns to run `hope.hf.register()` the first time one of our model types is
+    looked up: transformers is fully imported by then, so registering cannot meet a half-imported
+    module. If transformers' auto classes are already imported, this registers at once. Without
+    transformers installed it does nothing; a failure is a warning, never an error of either import.
+    """
+    import importlib.abc
+    import importlib.util
+
+    target = "transformers.models.auto.configuration_auto"
+
+    def register():
+        try:
+            from hope.hf import register as hf_register
+
+            hf_register()
+        except Exception as e:  # noqa: BLE001 - an integration must not break transformers
+            import warnings
+
+            warnings.warn(f"hope models not registered with transformers: {e}", stacklevel=3)
+
+    def hook(module):
+        from hope.runs import HF_ARCHS
+
+        mapping = module.CONFIG_MAPPING
+        base = type(mapping)
+
+        class _WithHope(base):
+            def __getitem__(self, key):
+                if key in HF_ARCHS:
+                    register()
+                return super().__getitem__(key)
+
+            def __contains__(self, key):
+                if key in HF_ARCHS:
+                    register()
+                return super().__contains__(key)
+
+        mapping.__class__ = _WithHope
+
+    if target in _sys.modules:
+        register()
+        return
+    if importlib.util.find_spec("transformers") is None:
+        return
+
+    class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        """Runs `hook` on `target` right after it is executed (a post-import hook)."""
+
+        def __init__(self):
+            self.loader = None
+
+        def find_spec(self, fullname, path, target_=None):
+            if fullname != target or self.loader is not None:
+                return None
+            for finder in _sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target_)
+                if spec is not None:
+                    self.loader, spec.loader = spec.loader, self
+                    return spec
+            return None
+
+        def create_module(self, spec):
+            return self.loader.create_module(spec)
+
+        def exec_module(self, module):
+            self.loader.exec_module(module)
+            if self in _sys.meta_path:
+                _sys.meta_path.remove(self)
+            try:
+                hook(module)
+            except Exception as e:  # noqa: BLE001
+                import warnings
+
+                warnings.warn(f"hope models not registered with transformers: {e}", stacklevel=2)
+
+    _sys.meta_path.insert(0, _AfterImport())
+
+
+_register_when_transformers_loads()
