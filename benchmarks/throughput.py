@@ -1,24 +1,41 @@
 """Training throughput of the four architectures at one recipe size, as ratios to Transformer++.
 
-    python benchmarks/throughput.py --size tiny                   # CPU
-    python benchmarks/throughput.py --size small --device cuda    # one GPU, bf16 autocast
+    python benchmarks/throughput.py --size tiny                          # CPU, the recipes' batch
+    python benchmarks/throughput.py --size tiny --batch-size 4 --seq-len 1024   # longer context
+    python benchmarks/throughput.py --size small --device cuda            # one GPU, bf16 autocast
 
 One training step = the segment-wise forward and backward of `hope.models.common.forward_backward`
-(CMS steps included) and an AdamW step, on random tokens with the recipe's batch shape. Reports the
-median of `--steps` timed steps after `--warmup` untimed ones, all models measured in this process.
+(CMS steps included) and an AdamW step, on random tokens with the recipe's batch shape. For every
+model, all measured in this process, it prints:
+* training tokens/s (median of `--steps` timed steps after `--warmup` untimed ones) and the ratio of
+  its step time to Transformer++'s;
+* matmul FLOPs per token of one step (`torch.utils.flop_counter.FlopCounterMode`, forward and
+  backward) and the FLOP ratio to Transformer++;
+* the overhead factor: measured step-time ratio / FLOP ratio (1.0: as fast as its arithmetic);
+* kernel calls per token: leaf `aten::` ops of one step in the torch profiler (views and
+  allocations excluded), the CPU analogue of kernel launches;
+* peak memory of one step: `max_memory_allocated` on CUDA; on CPU the growth of the process's peak
+  resident set over one step, measured in a fresh subprocess per model (`--no-memory` skips it).
+
+`--compile` wraps each model's memory layers in `torch.compile` as `train.compile=true` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
 import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from hope.models import build_model
 from hope.models.common import forward_backward
@@ -26,33 +43,105 @@ from hope.recipes import get_recipe
 from hope.train import count_parameters
 
 ARCHS = ("transformer", "titans", "hope_attention", "hope")
+# profiler events that move no data (views, metadata, allocations) are not counted as kernels
+NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "transpose", "permute",
+               "unsqueeze", "squeeze", "select", "slice", "t", "detach", "alias", "unbind", "split",
+               "split_with_sizes", "narrow", "empty", "empty_strided", "empty_like", "resolve_conj",
+               "resolve_neg", "lift_fresh", "_unsafe_view", "unflatten", "flatten", "contiguous",
+               "numpy_T", "mT", "diagonal", "chunk", "broadcast_to", "expand_as", "view_as", "set_",
+               "result_type", "to", "_to_copy_noop", "is_same_size", "_has_compatible_shallow_copy_type",
+               "real", "conj", "item", "_local_scalar_dense"}
 
 
-def measure(arch: str, size: str, device: torch.device, steps: int, warmup: int, batch_size: int | None) -> dict:
+def setup(arch: str, size: str, device: torch.device, batch_size: int | None, seq_len: int | None,
+          compile_: bool = False):
     cfg = get_recipe(size if arch == "transformer" else f"{arch}_{size}")
+    torch.manual_seed(0)
     model = build_model(arch, replace(cfg.model, vocab_size=8192)).to(device)
+    if compile_:
+        from hope.compile import compile_model
+        compile_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B = batch_size or cfg.train.batch_size
-    T = cfg.train.seq_len
+    T = seq_len or cfg.train.seq_len
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 8192, (B, T + 1), generator=gen).to(device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def step():
         opt.zero_grad(set_to_none=True)
         forward_backward(model, x[:, :-1], x[:, 1:], None, B * T, autocast)
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
+    return model, step, B, T
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def kernel_calls(step) -> int:
+    """Leaf aten ops of one call of `step` (ops with no aten op below them), views excluded."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    n = 0
+    for ev in prof.events():
+        if not ev.name.startswith("aten::") or ev.name[6:] in NOT_KERNELS:
+            continue
+        if not any(c.name.startswith("aten::") for c in ev.cpu_children):
+            n += 1
+    return n
+
+
+def step_flops(step) -> int:
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return fc.get_total_flops()
+
+
+def measure(arch: str, args, device: torch.device) -> dict:
+    model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.compile)
+    times = []
+    for i in range(args.warmup + args.steps):
+        sync(device)
+        t = time.perf_counter()
+        step()
+        sync(device)
+        if i >= args.warmup:
             times.append(time.perf_counter() - t)
     sec = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"arch": arch, "params": count_parameters(model)["total"], "tokens_per_s": B * T / sec, "step_s": sec,
-            "peak_gib": peak, "batch": f"{B} x {T}"}
+    row = {"arch": arch, "params": count_parameters(model)["total"], "tokens_per_s": B * T / sec,
+           "step_s": sec, "batch": f"{B} x {T}", "flops_per_token": float("nan"),
+           "kernels_per_token": float("nan")}
+    if not args.compile:   # FlopCounterMode and the profiler see eager ops only
+        row["flops_per_token"] = step_flops(step) / (B * T)
+        row["kernels_per_token"] = kernel_calls(step) / (B * T)
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def cpu_peak_child(arch: str, args) -> float:
+    """Growth of peak RSS (GiB) over one training step after one warm-up step (run in a subprocess)."""
+    _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len)
+    step()
+    with open("/proc/self/statm") as f:
+        rss_now = int(f.read().split()[1]) * resource.getpagesize()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step()
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (max(peak_after, peak_before) - rss_now) / 2**30
+
+
+def cpu_peak(arch: str, args) -> float:
+    cmd = [sys.executable, __file__, "--size", args.size, "--models", arch, "--memory-child"]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if args.seq_len:
+        cmd += ["--seq-len", str(args.seq_len)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
 
 def check(arch: str, device: torch.device) -> float:
@@ -69,6 +158,10 @@ def check(arch: str, device: torch.device) -> float:
     return (got.double().cpu() - want).abs().max().item()
 
 
+def fmt(x, spec):
+    return "-" if isinstance(x, float) and math.isnan(x) else format(x, spec)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
@@ -77,28 +170,44 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the memory layers (hope.compile)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory subprocesses")
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true",
                     help="first compare each model's logits on --device (float32) with CPU float64")
     args = ap.parse_args()
+    archs = [a.strip() for a in args.models.split(",")]
+    if args.memory_child:
+        print(json.dumps({"peak_gib": cpu_peak_child(archs[0], args)}))
+        return
     device = torch.device(args.device)
     if args.check:
-        for arch in args.models.split(","):
-            print(f"{arch}: max |logits - float64 CPU reference| = {check(arch.strip(), device):.2e}", flush=True)
+        for arch in archs:
+            print(f"{arch}: max |logits - float64 CPU reference| = {check(arch, device):.2e}", flush=True)
     rows = []
-    for arch in args.models.split(","):
+    for arch in archs:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        rows.append(measure(arch.strip(), args.size, device, args.steps, args.warmup, args.batch_size))
+        rows.append(measure(arch, args, device))
+        if device.type == "cpu":
+            rows[-1]["peak_gib"] = float("nan") if args.no_memory else cpu_peak(arch, args)
         print(f"{arch}: {rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
-    base = next((r["tokens_per_s"] for r in rows if r["arch"] == "transformer"), None)
-    print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps")
-    print("| model | params | batch | tokens/s | step (s) | step time / Transformer++'s | peak GiB |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    base = next((r for r in rows if r["arch"] == "transformer"), None)
+    print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps"
+          f"{', compiled' if args.compile else ''}; peak memory: "
+          f"{'max_memory_allocated' if device.type == 'cuda' else 'growth of peak RSS over one step'}")
+    print("| model | params | batch | tokens/s | step (s) | step / Transformer++ | MFLOP/token | FLOPs / "
+          "Transformer++ | overhead factor | kernels/token | peak GiB |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        ratio = f"{base / r['tokens_per_s']:.2f}" if base else "-"
-        peak = "-" if math.isnan(r["peak_gib"]) else f"{r['peak_gib']:.1f}"  # measured on CUDA only
-        print(f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | "
-              f"{ratio} | {peak} |")
+        ratio = base["step_s"] and r["step_s"] / base["step_s"] if base else float("nan")
+        fratio = r["flops_per_token"] / base["flops_per_token"] if base else float("nan")
+        over = ratio / fratio if not math.isnan(fratio) else float("nan")
+        print(f"| {r['arch']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['tokens_per_s']:,.0f} | "
+              f"{r['step_s']:.3f} | {fmt(ratio, '.2f')} | {fmt(r['flops_per_token'] / 1e6, '.1f')} | "
+              f"{fmt(fratio, '.2f')} | {fmt(over, '.2f')} | {fmt(r['kernels_per_token'], '.2f')} | "
+              f"{fmt(r['peak_gib'], '.2f')} |")
 
 
 if __name__ == "__main__":

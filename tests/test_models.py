@@ -119,3 +119,13 @@ def test_read_with_and_without_learning():
     learned, _ = model.read(tokens, learn=True)
     torch.testing.assert_close(learned[:, :8], plain[:, :8])  # the first CMS step happens after 8 tokens
     assert not torch.allclose(learned[:, 8:], plain[:, 8:])
+
+
+def test_layers_do_not_import_models():
+    """`hope.layers` sits below `hope.models`: importing any layer first loads no model module."""
+    import subprocess
+    import sys
+    code = ("import sys, hope.layers.attention, hope.layers.titans, hope.layers.self_modifying, hope.layers.cms; "
+            "print(sorted(m for m in sys.modules if m.startswith('hope.models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -20,7 +20,10 @@ inner loss analytically w.r.t. the memory weights only), while the outer loss ba
 them. All memories update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
 
 The projection memories are stacked on the head axis (one op call per projection chunk for all of
-them); the loop runs over chunks, never over tokens.
+them), the main memory runs its own op calls; the loops run over chunks, never over tokens. (An
+earlier path also stacked the main memory with them when C_proj == C_mem: it read the main memory
+with x_h and discarded the read, and sliced the read heads out of the stacked state, which costs a
+state-sized zero fill in the backward; it was 1.3-1.4x slower on CPU at `hope_tiny`.)
 
 einops legend: b batch, t tokens, h heads, p projection memories, d head feature.
 """
@@ -35,23 +38,6 @@ from torch import nn
 
 from hope.layers.conv import CausalConv1d
 from hope.layers.memory import MemoryBank, chunk_ranges
-
-
-def cat_heads(a, b):
-    """Stack two op states of one kind and one pos on the head axis."""
-    if a.pos != b.pos:
-        raise ValueError(f"states at different chunk positions: {a.pos} != {b.pos}")
-    fields = []
-    for x, y in zip(a[:-1], b[:-1]):
-        if (x is None) != (y is None):
-            raise ValueError("cannot stack a state with None momentum or chunk weights on one without")
-        fields.append(None if x is None else torch.cat([x, y], dim=1))
-    return type(a)(*fields, a.pos)
-
-
-def head_slice(st, h0: int, h1: int):
-    """The heads `[h0, h1)` of an op state (views)."""
-    return type(st)(*(None if x is None else x[:, h0:h1] for x in st[:-1]), st[-1])
 
 
 class SelfModifyingTitans(nn.Module):
@@ -147,14 +133,12 @@ class SelfModifyingTitans(nn.Module):
     def project(self, proj, xh, raw, t0, t1, conv):
         """k, v, q [B, L, H, D] and eta, alpha [B, L, H] of one projection chunk `[t0, t1)`.
 
-        proj: state of the projection memories (read at its chunk start), or of those and more
-            memories stacked after them (the fused path reads them all: slicing the state would
-            cost a state-sized zero fill in the backward); xh: [B, L, H, D];
+        proj: state of the projection memories (read at its chunk start); xh: [B, L, H, D];
         raw: outputs of the static projections over the whole call; conv: caches, updated in place.
         """
         B, L, H, D = xh.shape
-        n_mem = (proj.W1 if self.proj.kind == "mlp" else proj.W).shape[1] // H   # memories in proj
-        rd = self.proj.read_start(proj, xh.repeat(1, 1, n_mem, 1)).view(B, L, n_mem, H, D)
+        P = len(self.proj_names)
+        rd = self.proj.read_start(proj, xh.repeat(1, 1, P, 1)).view(B, L, P, H, D)
         idx = {n: i for i, n in enumerate(self.proj_names)}
         out = {}
         for n in "kvq":
@@ -180,39 +164,26 @@ class SelfModifyingTitans(nn.Module):
         raw = {n: torch.einsum("bthd,hed->bthe", xh, self.static[n]) for n in self.static_names}
         conv = dict(state["conv"])
         proj, mem = state["proj"], state["mem"]
+        # the projection memories, chunk by chunk: chunk c's k, v, q, eta, alpha come from their
+        # chunk-start states, and each memory learns from chunk c with its self-generated targets
+        ks, vs, qs, etas, alphas = [], [], [], [], []
+        for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
+            k, v, q, eta, alpha = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
+            kP = k.repeat(1, 1, P, 1)                                   # every memory reads k, v
+            target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))  # M_box,c(v_t)
+            # no queries (zero heads): the projection memories only learn, nothing is read
+            _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta.repeat(1, 1, P),
+                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
+                                       self.chunk_proj, self.dgd)
+            ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha)
+        k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
+        # the main memory: its targets M_mem,c'(v_t) need its chunk-start states, one op call per chunk
         outs = []
-        if self.chunk_proj == self.chunk_mem and self.proj.kind == self.memory.kind:
-            # fused: the main memory rides along with the projection memories, one op call per chunk
-            st = cat_heads(proj, mem)
-            for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
-                k, v, q, eta, alpha = self.project(st, xh[:, t0:t1], raw, t0, t1, conv)
-                target = self.proj.read_start(st, v.repeat(1, 1, P + 1, 1))
-                # q holds the main memory's heads only: the op reads the last H heads (the
-                # projection memories only learn, their reads would be discarded)
-                o, st = self.proj.update(st, q, k.repeat(1, 1, P + 1, 1), target,
-                                         eta.repeat(1, 1, P + 1), alpha.repeat(1, 1, P + 1),
-                                         beta[:, t0:t1].repeat(1, 1, P + 1), self.chunk_proj, self.dgd)
-                outs.append(o)
-            proj, mem = head_slice(st, 0, P * H), head_slice(st, P * H, (P + 1) * H)
-        else:
-            ks, vs, qs, etas, alphas = [], [], [], [], []
-            for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
-                k, v, q, eta, alpha = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
-                # self-generated targets M_box,c(v_t); the projection memories learn from this chunk
-                kP = k.repeat(1, 1, P, 1)
-                target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))
-                # no queries (zero heads): the projection memories only learn, nothing is read
-                _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta.repeat(1, 1, P),
-                                           alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
-                                           self.chunk_proj, self.dgd)
-                ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha)
-            k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
-            # main memory: targets from its own chunk-start state, so one op call per C_mem chunk
-            for t0, t1 in chunk_ranges(T, self.chunk_mem, mem.pos):
-                target = self.memory.read_start(mem, v[:, t0:t1])
-                o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
-                                            alpha[:, t0:t1], beta[:, t0:t1], self.chunk_mem, self.dgd)
-                outs.append(o)
+        for t0, t1 in chunk_ranges(T, self.chunk_mem, mem.pos):
+            target = self.memory.read_start(mem, v[:, t0:t1])
+            o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
+                                        alpha[:, t0:t1], beta[:, t0:t1], self.chunk_mem, self.dgd)
+            outs.append(o)
         o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, D)
         o = F.rms_norm(o, (D,), eps=self.eps) * self.norm_weight
         y = self.W_o(o.flatten(2) * F.silu(self.W_g(x)))

@@ -19,6 +19,7 @@ from torch import nn
 
 from hope.config import check_model_shape
 from hope.errors import HopeError
+from hope.layers.attention import Attention, apply_rope, rope_tables  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -73,47 +74,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rope_tables(max_len: int, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables `[max_len, dim / 2]` in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of `x: [B, n, H, D]` by `cos, sin: [n, D/2]`."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos = cos[None, :, None, :].to(x.dtype)
-    sin = sin[None, :, None, :].to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-
-    def forward(self, x, cos, sin, past_k=None, past_v=None):
-        """x: [B, n, d]; cos, sin: [n, D/2] at the new tokens' positions. Returns y and the full k, v."""
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).unbind(2)  # [b, n, h, d] each
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past_k is not None:
-            k, v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
-        m = k.shape[1]
-        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [b, h, n|m, d]
-        if m == n:
-            y = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
-        else:
-            # query i sits at absolute position m - n + i and sees keys 0 .. m - n + i
-            mask = torch.ones(n, m, dtype=torch.bool, device=x.device).tril(diagonal=m - n)
-            y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(b, n, -1)
-        return self.proj(y), k, v
-
-
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
@@ -129,7 +89,7 @@ class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg.d_model, cfg.n_heads)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim)
 

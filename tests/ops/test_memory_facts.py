@@ -160,3 +160,30 @@ def test_bf16_autocast_keeps_float32_state(kind, bound):
         w = getattr(got, name)
         assert w.dtype == torch.float32, name
         assert rel_err(getattr(ref, name), w.double()) < bound, name
+
+
+@pytest.mark.parametrize("with_s", [True, False], ids=["momentum", "no-momentum"])
+def test_state_step_gradients_match_autograd(with_s):
+    """The hand-written backward of the chunk-end update `a W + b S + G^T K` equals autograd's
+    (float64), also for a state broadcast from a shared initial state."""
+    from hope.ops.utils import state_step
+    g = torch.Generator().manual_seed(0)
+    B, H, Do, Di, C = 2, 3, 5, 4, 6
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    W, a, S, b, G, K = r(H, Do, Di), r(B, H), r(B, H, Do, Di), r(B, H), r(B, H, C, Do), r(B, H, C, Di)
+    if not with_s:
+        S = b = None
+    inputs = [x for x in (W, a, S, b, G, K) if x is not None]
+    out = state_step(W.expand(B, H, Do, Di), a, S, b, G, K)
+    ref = W * a[..., None, None] + G.transpose(-1, -2) @ K
+    if with_s:
+        ref = ref + S * b[..., None, None]
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((out * w).sum(), inputs)
+    want = torch.autograd.grad((ref * w).sum(), inputs)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *xs: state_step(xs[0].expand(B, H, Do, Di), *xs[1:]) if with_s
+                                    else state_step(xs[0].expand(B, H, Do, Di), xs[1], None, None, *xs[2:]),
+                                    inputs)
