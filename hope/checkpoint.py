@@ -54,12 +54,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict, extra: dict | None = None) -> Path:
+def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: dict, extra: dict | None = None, optimizer_state: dict | None = None) -> Path:
     """Write a checkpoint for `step` and point `latest` at it. Returns its folder.
 
     `extra` maps further file names to objects saved with `torch.save` (the in-context state of
-    stateful training streams)."""
+    stateful training streams). `optimizer_state` replaces `optimizer.state_dict()`: the gathered
+    state of a sharded optimizer, keyed by parameter names (`hope.parallel.full_state`)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
@@ -72,7 +73,11 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer.pt")
+    if optimizer_state is not None:
+        blob = {"optimizer": optimizer_state, "optimizer_keys": "names"}
+    else:
+        blob = {"optimizer": optimizer.state_dict(), "optimizer_keys": "ids"}
+    torch.save({**blob, "rng": rng}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     for fname, obj in (extra or {}).items():
         torch.save(obj, tmp / fname)
@@ -144,18 +149,34 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     state = verify_checkpoint(path)
     load_weights(path, model)
     if optimizer is not None:
-        f = path / "trainer.pt"
-        try:
-            blob = torch.load(f, map_location="cpu", weights_only=True)
-            optimizer.load_state_dict(blob["optimizer"])
-        except HopeError:
-            raise
-        except Exception as e:
-            raise HopeError(f"corrupt checkpoint file {f}: {e}") from None
-        torch.set_rng_state(blob["rng"]["torch"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        load_trainer_state(path, optimizer, model)
     return state
+
+
+def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                       sharded: bool = False) -> None:
+    """Optimizer and RNG state of a verified checkpoint into `optimizer` (of `model`'s parameters).
+    When `sharded` (FSDP), the saved state must be keyed by parameter names (a checkpoint written under
+    FSDP); otherwise either kind loads."""
+    f = path / "trainer.pt"
+    try:
+        blob = torch.load(f, map_location="cpu", weights_only=True)
+        by_names = blob.get("optimizer_keys") == "names"
+        if sharded or by_names:
+            if not by_names:
+                raise HopeError(f"{f} was written without train.parallel=fsdp; resume it with train.parallel=ddp")
+            from hope.parallel import load_optimizer
+
+            load_optimizer(model, optimizer, blob["optimizer"])
+        else:
+            optimizer.load_state_dict(blob["optimizer"])
+    except HopeError:
+        raise
+    except Exception as e:
+        raise HopeError(f"corrupt checkpoint file {f}: {e}") from None
+    torch.set_rng_state(blob["rng"]["torch"])
+    if "cuda" in blob["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
 
 
 def load_streams(path: Path, n: int, device) -> list:

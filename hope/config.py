@@ -66,6 +66,7 @@ class TrainConfig:
     num_samples: int = 3
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     stateful: bool = False  # batch rows are contiguous streams whose in-context state carries across steps
+    parallel: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (FSDP2, sharded; hope/parallel.py)
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_tokens",
@@ -82,6 +83,8 @@ class TrainConfig:
             raise HopeError(f"train.dtype must be one of auto, float32, bfloat16, float64; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise HopeError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise HopeError(f"train.parallel must be ddp or fsdp; got {self.parallel!r}")
         from hope.optim import OPTIMIZER_NAMES
 
         if self.optimizer not in OPTIMIZER_NAMES:

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +33,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import hope
-from hope.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, load_streams, save_checkpoint
+from hope import parallel
+from hope.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, load_streams, load_trainer_state,
+                             save_checkpoint)
 from hope.config import Config
 from hope.data.corpus import load_corpus
 from hope.data.tokenizer import build_tokenizer, load_tokenizer
@@ -47,10 +50,14 @@ from hope.schedule import lr_at
 
 
 @torch.no_grad()
-def evaluate(model, windows: torch.Tensor, token_bytes: torch.Tensor, batch_size: int, device, autocast) -> dict:
+def evaluate(model, windows: torch.Tensor, token_bytes: torch.Tensor, batch_size: int, device, autocast,
+             init_state=lambda batch: None, same_calls: bool = False) -> dict:
     """Mean loss (nats/token), perplexity and bits per byte over `windows` [N, T + 1].
 
     In a distributed run every process takes a share of the windows and the sums are all-reduced.
+    `init_state(batch)` gives each batch's starting state (a sharded model's, `hope.parallel`); with
+    `same_calls` (FSDP, whose forward is collective) every process runs as many forwards as the
+    busiest one, scoring nothing in the extra ones.
     """
     was_training = model.training
     model.eval()
@@ -59,11 +66,16 @@ def evaluate(model, windows: torch.Tensor, token_bytes: torch.Tensor, batch_size
     count = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.float64, device=device)
     mine = windows[rank::world]
-    for i in range(0, len(mine), batch_size):
+    calls = math.ceil(math.ceil(len(windows) / world) / batch_size) if same_calls else math.ceil(len(mine) / batch_size)
+    for i in range(0, calls * batch_size, batch_size):
         batch = mine[i:i + batch_size].to(device)
+        if len(batch) == 0:  # an extra forward that only keeps the processes in step
+            with autocast():
+                model(windows[:1, :-1].to(device), init_state(1))
+            continue
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast():
-            logits, _ = model(x)
+            logits, _ = model(x, init_state(len(x)))
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
         nats += loss.double()
         count += y.numel()
@@ -173,6 +185,39 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
+REPEAT_WARNING = 10  # warn when a run reads its training tokens more often than this (docs/DEVIATIONS.md)
+
+
+def _load_data(cfg: Config, out: Path, resume: bool, rank: int, distributed: bool):
+    """Corpus, tokenizer and token ids: the first process encodes, the others read its cache."""
+    corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction)
+    for turn in (0, 1) if distributed else (0,):
+        if (rank == 0) == (turn == 0):
+            if resume:
+                tokenizer = load_tokenizer(out / "tokenizer.json")
+            else:
+                tokenizer = build_tokenizer(cfg.data.tokenizer, corpus.train, corpus.digest, cfg.data.vocab_size)
+            tokens = prepare_tokens(corpus, tokenizer)
+        if distributed:
+            dist.barrier()
+    return corpus, tokenizer, tokens
+
+
+def _write_run_record(out: Path, resume: bool, world: int) -> None:
+    """run.json: version, commit and command of the run; each resume appends its own."""
+    entry = {"hope_version": hope.__version__, "git_commit": git_commit(), "torch": torch.__version__,
+             "argv": sys.argv, "world_size": world, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = out / "run.json"
+    if not resume or not path.exists():
+        record = {**entry, "created": entry.pop("time")}
+    else:
+        record = json.loads(path.read_text())
+        step = latest_checkpoint(out)
+        entry["from_checkpoint"] = step.name if step is not None else None
+        record.setdefault("resumes", []).append(entry)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
 def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Train `cfg` into the run folder `out`. Returns the final metrics (and `interrupted`)."""
     out = Path(out)
@@ -194,31 +239,37 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
 
+    fsdp = distributed and tc.parallel == "fsdp"
     if tc.stateful and world > 1:
         raise HopeError("train.stateful does not support several processes yet; run it in one process")
+    if fsdp:
+        parallel.check_fsdp(cfg)
+    fresh = not resume and not (out.exists() and any(out.iterdir()))
     _prepare_run_dir(out, resume, overwrite, rank)
     if distributed:
         dist.barrier()
-
-    # data and tokenizer: the first process encodes, the others read its cache
-    corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction)
-    for turn in (0, 1) if distributed else (0,):
-        if (rank == 0) == (turn == 0):
-            if resume:
-                tokenizer = load_tokenizer(out / "tokenizer.json")
-            else:
-                tokenizer = build_tokenizer(cfg.data.tokenizer, corpus.train, corpus.digest, cfg.data.vocab_size)
-            tokens = prepare_tokens(corpus, tokenizer)
-        if distributed:
-            dist.barrier()
+    try:
+        corpus, tokenizer, tokens = _load_data(cfg, out, resume, rank, distributed)
+    except BaseException:
+        # a failed data check leaves no empty run folder behind
+        if master and fresh and not (out / "config.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=tokenizer.vocab_size))
-    if master and not resume:
-        cfg.save(out / "config.json")
-        atomic_write_text(out / "tokenizer.json", tokenizer.to_json())
-        atomic_write_text(out / "run.json", json.dumps({
-            "hope_version": hope.__version__, "git_commit": git_commit(), "torch": torch.__version__,
-            "argv": sys.argv, "world_size": world, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }, indent=2) + "\n")
+    if master:
+        if corpus.skipped:
+            kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(corpus.skipped.items()))
+            log(f"note: skipped {sum(corpus.skipped.values())} file(s) under {cfg.data.corpus} whose extension is not a "
+                f"text one ({kinds}); hope.data.corpus.TEXT_SUFFIXES lists those read")
+        _write_run_record(out, resume, world)
+        if not resume:
+            cfg.save(out / "config.json")
+            atomic_write_text(out / "tokenizer.json", tokenizer.to_json())
+    tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len * world
+    passes = tc.steps * tokens_per_step / max(1, len(tokens["train"]))
+    if passes > REPEAT_WARNING:
+        log(f"warning: {tc.steps} steps of {tokens_per_step:,} tokens read the {len(tokens['train']):,} training tokens "
+            f"{passes:.0f} times: expect the model to memorize them (a larger corpus, or fewer train.steps)")
 
     # model and optimizer
     torch.manual_seed(tc.seed)
@@ -226,36 +277,57 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
     if tc.dtype == "float64":
         model = model.double()
     model.to(device)
+    use_bf16 = (tc.dtype == "auto" and device.type == "cuda") or tc.dtype == "bfloat16"
+    params = count_parameters(model)
+    start_step, tokens_seen = 0, 0
+    streams: list = [None] * tc.grad_accum  # in-context state of each micro-batch's streams (train.stateful)
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model)  # weights into the whole model, before any sharding
+        start_step, tokens_seen = state["step"], state["tokens"]
+    raw_model = model
+    if fsdp:
+        # bf16 parameters on a GPU, except where the in-context state is made from them (docs/DEVIATIONS.md)
+        parallel.shard(model, bf16_params=use_bf16 and device.type == "cuda" and not parallel.has_param_state(model))
     optimizer = build_optimizer(tc.optimizer, list(model.named_parameters()), lr=tc.lr,
                                 weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
                                 fused=device.type == "cuda" and tc.dtype != "float64")
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    start_step, tokens_seen = 0, 0
-    streams: list = [None] * tc.grad_accum  # in-context state of each micro-batch's streams (train.stateful)
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, model, optimizer)
-            start_step, tokens_seen = state["step"], state["tokens"]
-            if tc.stateful:
-                streams = load_streams(ckpt, tc.grad_accum, device)
-            log(f"resuming from {ckpt} (step {start_step})")
-        if master:
-            _truncate_metrics(out / "metrics.jsonl", start_step)
+    if ckpt is not None:
+        load_trainer_state(ckpt, optimizer, model, sharded=fsdp)
+        if tc.stateful:
+            streams = load_streams(ckpt, tc.grad_accum, device)
+        log(f"resuming from {ckpt} (step {start_step})")
+    if resume and master:
+        _truncate_metrics(out / "metrics.jsonl", start_step)
     if start_step >= tc.steps:
         log(f"run already has {start_step} of {tc.steps} steps; raise train.steps to continue")
-    params = count_parameters(model)
     log(f"{cfg.arch}: {params['total'] / 1e6:.2f}M parameters ({params['non_embedding'] / 1e6:.2f}M non-embedding), "
         f"vocabulary {tokenizer.vocab_size} ({tokenizer.kind}), {len(tokens['train']):,} train / "
-        f"{len(tokens['val']):,} validation tokens, device {device}, {world} process(es)")
+        f"{len(tokens['val']):,} validation tokens, device {device}, {world} process(es)"
+        + (", FSDP" if fsdp else ", DDP" if distributed else ""))
 
-    raw_model = model
+    # the unsharded copy the first process writes checkpoints and samples from (FSDP)
+    plain = None
+    if fsdp and master:
+        plain = build_model(cfg.arch, cfg.model)
+        plain = plain.double() if tc.dtype == "float64" else plain
     if tc.compile:
         model = torch.compile(model)
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = (tc.dtype == "auto" and device.type == "cuda") or tc.dtype == "bfloat16"
+    sync = None
+    if fsdp:
+        sync = parallel.GradSync(raw_model)
+        # blocks return their KV tensors and memories, views that nothing modifies in place (the
+        # equality tests of tests/test_distributed.py would catch a dropped all-gather)
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    elif distributed:
+        # a Hope memory's meta-learned initial state takes part in the first CMS segment of a batch only
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                          find_unused_parameters=parallel.has_param_state(raw_model))
+
+    def fresh_state(batch: int):
+        return parallel.initial_state(raw_model, batch) if fsdp else None
 
     def autocast():
         if use_bf16:
@@ -266,7 +338,6 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
     token_bytes = torch.from_numpy(tokenizer.token_bytes)
     metrics_path = out / "metrics.jsonl"
     metrics_file = open(metrics_path, "a") if master else open(os.devnull, "w")
-    tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len * world
     last_val: dict = {}
     interrupted = False
 
@@ -275,7 +346,13 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
         metrics_file.flush()
 
     def checkpoint(step: int) -> None:
-        if master:
+        if fsdp:
+            # gathered to the first process, written as an unsharded checkpoint (any world size resumes it)
+            weights, optim_state = parallel.full_state(raw_model, optimizer)
+            if master:
+                plain.load_state_dict(weights)
+                save_checkpoint(out, step, plain, None, {"tokens": tokens_seen}, optimizer_state=optim_state)
+        elif master:
             save_checkpoint(out, step, raw_model, optimizer, {"tokens": tokens_seen},
                             extra={"streams.pt": streams} if tc.stateful and world == 1 else None)
         if distributed:
@@ -304,15 +381,23 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
                     x, y = get_batch(tokens["train"], tc.batch_size, tc.seq_len, gen)
                 x, y = x.to(device), y.to(device)
                 last_micro = micro == tc.grad_accum - 1
-                sync = contextlib.nullcontext() if not distributed or last_micro else model.no_sync()
-                with sync:
+                start_state = streams[micro] if streams[micro] is not None else fresh_state(tc.batch_size)
+                if fsdp:
+                    sync.set(last_micro)  # reduce-scatter gradients once, in the last micro-batch
+                    no_sync, outer = sync.off, contextlib.nullcontext()
+                elif distributed:
+                    no_sync, outer = model.no_sync, contextlib.nullcontext() if last_micro else model.no_sync()
+                else:
+                    no_sync, outer = contextlib.nullcontext, contextlib.nullcontext()
+                with outer:
                     loss, state = forward_backward(
-                        model, x, y, streams[micro], tc.batch_size * tc.seq_len * tc.grad_accum, autocast,
-                        no_sync=model.no_sync if distributed else contextlib.nullcontext, raw_model=raw_model)
+                        model, x, y, start_state, tc.batch_size * tc.seq_len * tc.grad_accum, autocast,
+                        no_sync=no_sync, raw_model=raw_model)
                 if tc.stateful:
                     streams[micro] = state
                 loss_sum += loss
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            grad_norm = parallel.full_tensor(
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")))
             optimizer.step()
             tokens_seen += tokens_per_step
             train_loss = loss_sum / (tc.batch_size * tc.seq_len * tc.grad_accum)
@@ -331,7 +416,7 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
             if step % tc.eval_every == 0 or step == tc.steps:
-                last_val = evaluate(model, windows, token_bytes, tc.batch_size, device, autocast)
+                last_val = evaluate(model, windows, token_bytes, tc.batch_size, device, autocast, fresh_state, fsdp)
                 record({"step": step, "tokens": tokens_seen, **last_val})
                 bar.write(f"step {step}: val loss {last_val['val_loss']:.4f}, ppl {last_val['val_ppl']:.2f}, "
                           f"bpb {last_val['val_bpb']:.4f}") if master else None
@@ -367,11 +452,12 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
         if tc.sample_tokens and tc.num_samples:
             gen = torch.Generator(device=device).manual_seed(tc.seed)
             prompt = torch.full((tc.num_samples, 1), tokenizer.eos_id, dtype=torch.long, device=device)
+            sampler = plain.to(device) if fsdp else raw_model  # the gathered final weights under FSDP
             n_new = tc.sample_tokens
-            if raw_model.max_seq_len is not None:
-                n_new = min(n_new, raw_model.max_seq_len - 1)
+            if sampler.max_seq_len is not None:
+                n_new = min(n_new, sampler.max_seq_len - 1)
             with autocast():
-                ids = generate(raw_model, prompt, n_new, temperature=0.8, top_k=50, generator=gen)
+                ids = generate(sampler, prompt, n_new, temperature=0.8, top_k=50, generator=gen)
             samples = [tokenizer.decode(row[1:].tolist()) for row in ids.cpu()]
             atomic_write_text(out / "samples.txt", "\n\n---\n\n".join(samples) + "\n")
             log("samples:")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import lzma
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +31,7 @@ class Corpus:
     train: list[str]
     val: list[str]
     digest: str
+    skipped: dict[str, int] = field(default_factory=dict)  # files of a folder not read: extension -> count
 
 
 def _split(names: list[str], texts: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -66,9 +67,13 @@ def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
     p = Path(path).expanduser()
     if not p.exists():
         raise HopeError(f"data path {p} does not exist")
+    skipped: dict[str, int] = {}
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        visible = [f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        files = sorted(f for f in visible if f.suffix.lower() in TEXT_SUFFIXES)
+        for f in visible:
+            if f.suffix.lower() not in TEXT_SUFFIXES:
+                skipped[f.suffix.lower()] = skipped.get(f.suffix.lower(), 0) + 1
         if not files:
             raise HopeError(f"data folder {p} holds no text files ({', '.join(s for s in TEXT_SUFFIXES if s)})")
     else:
@@ -95,7 +100,7 @@ def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
         raise HopeError(f"data path {p} holds only {sum(len(t) for t in texts)} characters; need at least 1000")
     train, val = _split(names, texts, val_fraction)
     h.update(f"|{val_fraction}".encode())
-    return Corpus(p.name, train, val, h.hexdigest()[:16])
+    return Corpus(p.name, train, val, h.hexdigest()[:16], skipped)
 
 
 def corpus_documents(name: str, split: str) -> list[str]:
