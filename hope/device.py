@@ -26,7 +26,7 @@ def resolve_device(name: str, option: str = "--device"):
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise HopeError(f"{option}={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise HopeError(f"{option}={name} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise HopeError(f"{option}={name} but no CUDA device is available")
@@ -36,5 +36,5 @@ def resolve_device(name: str, option: str = "--device"):
         if not torch.backends.mps.is_available():
             raise HopeError(f"{option}={name} but no MPS device is available")
     elif device.type != "cpu":
-        raise HopeError(f"{option}={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        raise HopeError(f"{option}={name} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device

@@ -96,16 +96,14 @@ def unigram_baseline(train_ids: np.ndarray, windows: torch.Tensor, vocab_size: i
     return float(math.exp(-logp[targets].mean()))
 
 
-def plot_losses(metrics_path: Path, png_path: Path) -> bool:
-    """Training and validation loss against tokens seen. False when matplotlib is missing."""
-    try:
-        import matplotlib
+def loss_figure(records: list[dict], title: str, baseline_ppl: float | None = None):
+    """The matplotlib figure of `plot_losses`: training and validation loss against tokens seen, and
+    the unigram baseline's loss (log of its perplexity) as a dashed line."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     tr = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     va = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -113,12 +111,26 @@ def plot_losses(metrics_path: Path, png_path: Path) -> bool:
         ax.plot(*zip(*tr), label="train", lw=1, alpha=0.8)
     if va:
         ax.plot(*zip(*va), "o-", label="validation", lw=1.5)
+    if baseline_ppl is not None:
+        ax.axhline(math.log(baseline_ppl), color="gray", ls="--", lw=1,
+                   label=f"unigram baseline (ppl {baseline_ppl:.1f})")
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats / token)")
-    ax.set_title(metrics_path.parent.name)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_losses(metrics_path: Path, png_path: Path, baseline_ppl: float | None = None) -> bool:
+    """Write `loss_figure` of a metrics file as a PNG, atomically. False when matplotlib is missing."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig = loss_figure(records, metrics_path.parent.name, baseline_ppl)
     tmp = png_path.with_name(f".{png_path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
@@ -445,7 +457,7 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
         result["unigram_ppl"] = uni
         log(f"validation perplexity {last_val['val_ppl']:.2f} (unigram baseline {uni:.2f}), "
             f"bits per byte {last_val['val_bpb']:.4f}, {tokens_seen:,} tokens")
-        if plot_losses(metrics_path, out / "loss.png"):
+        if plot_losses(metrics_path, out / "loss.png", uni):
             log(f"loss curve: {out / 'loss.png'}")
         else:
             log("loss curve skipped: matplotlib is not installed (pip install 'hope-nl[plot]')")
