@@ -17,7 +17,8 @@ model, all measured in this process, it prints:
 * peak memory of one step: `max_memory_allocated` on CUDA; on CPU the growth of the process's peak
   resident set over one step, measured in a fresh subprocess per model (`--no-memory` skips it).
 
-`--compile` wraps each model's memory layers in `torch.compile` as `train.compile=true` does.
+`--recompute` sets `model.recompute=true` on the models that have it (Titans, Hope): their memory
+ops keep only chunk-start states for the backward and recompute each chunk there.
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "tra
 
 
 def setup(arch: str, size: str, device: torch.device, batch_size: int | None, seq_len: int | None,
-          compile_: bool = False):
+          recompute: bool = False):
     cfg = get_recipe(size if arch == "transformer" else f"{arch}_{size}")
+    mcfg = replace(cfg.model, vocab_size=8192)
+    if recompute and hasattr(mcfg, "recompute"):
+        mcfg = replace(mcfg, recompute=True)
     torch.manual_seed(0)
-    model = build_model(arch, replace(cfg.model, vocab_size=8192)).to(device)
-    if compile_:
-        from hope.compile import compile_model
-        compile_model(model)
+    model = build_model(arch, mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B = batch_size or cfg.train.batch_size
     T = seq_len or cfg.train.seq_len
@@ -101,7 +102,7 @@ def step_flops(step) -> int:
 
 
 def measure(arch: str, args, device: torch.device) -> dict:
-    model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.compile)
+    model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.recompute)
     times = []
     for i in range(args.warmup + args.steps):
         sync(device)
@@ -114,7 +115,7 @@ def measure(arch: str, args, device: torch.device) -> dict:
     row = {"arch": arch, "params": count_parameters(model)["total"], "tokens_per_s": B * T / sec,
            "step_s": sec, "batch": f"{B} x {T}", "flops_per_token": float("nan"),
            "kernels_per_token": float("nan")}
-    if not args.compile:   # FlopCounterMode and the profiler see eager ops only
+    if not args.no_counts:
         row["flops_per_token"] = step_flops(step) / (B * T)
         row["kernels_per_token"] = kernel_calls(step) / (B * T)
     if device.type == "cuda":
@@ -124,7 +125,7 @@ def measure(arch: str, args, device: torch.device) -> dict:
 
 def cpu_peak_child(arch: str, args) -> float:
     """Growth of peak RSS (GiB) over one training step after one warm-up step (run in a subprocess)."""
-    _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len)
+    _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len, args.recompute)
     step()
     with open("/proc/self/statm") as f:
         rss_now = int(f.read().split()[1]) * resource.getpagesize()
@@ -140,6 +141,8 @@ def cpu_peak(arch: str, args) -> float:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.seq_len:
         cmd += ["--seq-len", str(args.seq_len)]
+    if args.recompute:
+        cmd += ["--recompute"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
@@ -171,7 +174,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seq-len", type=int, default=None)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the memory layers (hope.compile)")
+    ap.add_argument("--recompute", action="store_true", help="model.recompute=true where the model has it")
+    ap.add_argument("--no-counts", action="store_true", help="skip the FLOP and kernel counts (one step each)")
     ap.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory subprocesses")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true",
@@ -195,7 +199,7 @@ def main() -> None:
         print(f"{arch}: {rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
     base = next((r for r in rows if r["arch"] == "transformer"), None)
     print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps"
-          f"{', compiled' if args.compile else ''}; peak memory: "
+          f"{', recompute' if args.recompute else ''}; peak memory: "
           f"{'max_memory_allocated' if device.type == 'cuda' else 'growth of peak RSS over one step'}")
     print("| model | params | batch | tokens/s | step (s) | step / Transformer++ | MFLOP/token | FLOPs / "
           "Transformer++ | overhead factor | kernels/token | peak GiB |")

@@ -66,18 +66,21 @@ class MemoryBank(nn.Module):
             *mean* gradient, so `eta` bounds the whole chunk's step however correlated its keys
             (docs/DEVIATIONS.md). Off: every token's gradient gets the full `eta` (a sum).
         momentum_norm: the ops' `momentum_norm` (momentum as a running mean of the gradients).
+        recompute: the chunk ops' `recompute` (save chunk-start states only, recompute each chunk
+            in the backward); the naive ops ignore it.
     """
 
     def __init__(self, kind: str, n: int, n_heads: int, head_dim: int, expansion: int = 2,
                  activation: str = "gelu", w1_std: float = 0.0, linear_init: str = "zeros",
                  impl: str = "chunk", hidden_norm: bool = True, mean_step: bool = True,
-                 momentum_norm: bool = False):
+                 momentum_norm: bool = False, recompute: bool = False):
         super().__init__()
         check_choice("memory kind", kind, KINDS)
         check_choice("impl", impl, IMPLS)
         self.kind, self.n, self.n_heads, self.head_dim = kind, n, n_heads, head_dim
         self.expansion, self.activation, self.impl = expansion, activation, impl
         self.hidden_norm, self.mean_step, self.momentum_norm = hidden_norm, mean_step, momentum_norm
+        self.recompute = recompute
         self.sigma = _activation(activation)[0]
         D, E = head_dim, expansion * head_dim
         if kind == "mlp":
@@ -125,5 +128,7 @@ class MemoryBank(nn.Module):
         extra = dict(expansion=self.expansion, act=self.activation,
                      hidden_norm=self.hidden_norm) if self.kind == "mlp" else {}
         extra["momentum_norm"] = self.momentum_norm
+        if self.impl == "chunk":
+            extra["recompute"] = self.recompute
         return op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
                   chunk_size=chunk_size, dgd=dgd, objective="l2", **extra)

@@ -64,6 +64,8 @@ class SelfModifyingTitans(nn.Module):
             off: SPEC 3's `S = beta S - eta g`).
         conv_size: width of the causal depthwise convolutions on k, v, q.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
+        recompute: keep only chunk-start memory states for the backward and recompute each chunk
+            there (activation memory grows with chunks x state, for one more forward of the ops).
         eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         proj_w1_std: initial W1 of MLP projection memories, std relative to 1/sqrt(E), so the
@@ -81,6 +83,7 @@ class SelfModifyingTitans(nn.Module):
                  static_v: bool = False, static_q: bool = False, eta_max: float = 0.5,
                  activation: str = "gelu", hidden_norm: bool = True, mean_step: bool = True,
                  momentum_norm: bool = True, conv_size: int = 4, impl: str = "chunk",
+                 recompute: bool = False,
                  eta_bias: float = -2.0, alpha_bias: float = 8.0, beta_bias: float = 0.0,
                  proj_w1_std: float = 0.2, normalize_v: bool = True, eps: float = 1e-6):
         super().__init__()
@@ -102,12 +105,12 @@ class SelfModifyingTitans(nn.Module):
         self.proj = MemoryBank(proj_memory, len(self.proj_names), H, D, expansion, activation,
                                w1_std=proj_w1_std, linear_init="random", impl=impl,
                                hidden_norm=hidden_norm, mean_step=mean_step,
-                               momentum_norm=momentum_norm)
+                               momentum_norm=momentum_norm, recompute=recompute)
         # the identity start (W1 = 0, or W = I): a zero linear memory would be a fixed point of
         # self-generated targets (target M_c(v) = 0, no error, no update)
         self.memory = MemoryBank(memory, 1, H, D, expansion, activation, w1_std=0.0,
                                  linear_init="identity", impl=impl, hidden_norm=hidden_norm,
-                                 mean_step=mean_step, momentum_norm=momentum_norm)
+                                 mean_step=mean_step, momentum_norm=momentum_norm, recompute=recompute)
         self.convs = nn.ModuleDict({n: CausalConv1d(d_model, conv_size) for n in "kvq"})
         self.w_eta = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
         self.b_eta = nn.Parameter(torch.full((H,), float(eta_bias)))

@@ -40,6 +40,8 @@ class TitansMixer(nn.Module):
         momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (opt-in).
         conv_size: width of the causal depthwise convolutions.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
+        recompute: keep only chunk-start memory states for the backward and recompute each chunk
+            there (activation memory grows with chunks x state, for one more forward of the ops).
         eta_bias, alpha_bias, beta_bias: initial biases of the gate maps (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         eps: epsilon of the per-head RMSNorm and the L2 normalization.
@@ -49,7 +51,8 @@ class TitansMixer(nn.Module):
                  chunk_size: int = 16, dgd: bool = False, momentum: bool = True,
                  retention: bool = True, eta_max: float = 0.5, activation: str = "gelu",
                  hidden_norm: bool = True, mean_step: bool = True,
-                 momentum_norm: bool = False, conv_size: int = 4, impl: str = "chunk", eta_bias: float = -2.0,
+                 momentum_norm: bool = False, conv_size: int = 4, impl: str = "chunk",
+                 recompute: bool = False, eta_bias: float = -2.0,
                  alpha_bias: float = 8.0, beta_bias: float = 0.0, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
@@ -71,7 +74,7 @@ class TitansMixer(nn.Module):
         self.memory = MemoryBank(memory, 1, n_heads, self.head_dim, expansion, activation,
                                  w1_std=0.0, linear_init="zeros", impl=impl,
                                  hidden_norm=hidden_norm, mean_step=mean_step,
-                                 momentum_norm=momentum_norm)
+                                 momentum_norm=momentum_norm, recompute=recompute)
         self.norm_weight = nn.Parameter(torch.ones(n_heads, self.head_dim))
         self.W_g = nn.Linear(d_model, d_model, bias=False)
         self.W_o = nn.Linear(d_model, d_model, bias=False)

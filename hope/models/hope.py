@@ -40,6 +40,7 @@ class HopeConfig:
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
     momentum_norm: bool = True  # momentum as a running mean of the inner gradients (docs/DEVIATIONS.md)
+    recompute: bool = False  # memory ops keep chunk-start states only and recompute chunks in the backward
     cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
     cms_hidden: int = 144  # SwiGLU width of every CMS level
     cms_variant: str = "sequential"  # sequential | nested | independent
@@ -66,6 +67,6 @@ class Hope(CMSLanguageModel):
                                 static_v=cfg.static_v, static_q=cfg.static_q, eta_max=cfg.eta_max,
                                 activation=cfg.activation, hidden_norm=cfg.hidden_norm,
                         mean_step=cfg.mean_step,
-                        momentum_norm=cfg.momentum_norm, eps=cfg.norm_eps),
+                        momentum_norm=cfg.momentum_norm, recompute=cfg.recompute, eps=cfg.norm_eps),
             build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

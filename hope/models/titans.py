@@ -34,6 +34,7 @@ class TitansConfig:
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
     momentum_norm: bool = False  # momentum as a running mean of the inner gradients (on in Hope; docs/DEVIATIONS.md)
+    recompute: bool = False  # memory ops keep chunk-start states only and recompute chunks in the backward
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -68,7 +69,7 @@ class Titans(CMSLanguageModel):
                         dgd=cfg.dgd, momentum=cfg.momentum, retention=cfg.retention, eta_max=cfg.eta_max,
                         activation=cfg.activation, hidden_norm=cfg.hidden_norm,
                         mean_step=cfg.mean_step,
-                        momentum_norm=cfg.momentum_norm, eps=cfg.norm_eps),
+                        momentum_norm=cfg.momentum_norm, recompute=cfg.recompute, eps=cfg.norm_eps),
             CMS(cfg.d_model, cfg.ffn_hidden, (None,), norm_eps=cfg.norm_eps),  # one static level = a SwiGLU MLP
             cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

@@ -243,3 +243,24 @@ def test_momentum_norm_keeps_repeated_input_bounded():
 
     assert peak() < 10                                    # the self-modifying layer's default
     assert peak(momentum_norm=False) > 1e6
+
+
+@pytest.mark.parametrize("name", ["titans", "titans-linear-dgd", "selfmod", "selfmod-linear"])
+def test_recompute_equals_saving_everything(name):
+    """`recompute=True` (chunk-start states saved, chunks recomputed in the backward) gives the same
+    outputs, states and gradients, also resuming inside a chunk."""
+    plain, rec = make(name), make(name, recompute=True)
+    rec.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 27, D_MODEL, dtype=torch.float64)
+    w = torch.randn(2, 27, D_MODEL, dtype=torch.float64)
+    outs = []
+    for layer in (plain, rec):
+        y0, s0 = layer(x[:, :6])
+        y1, s1 = layer(x[:, 6:], s0)
+        y = torch.cat([y0, y1], 1)
+        (y * w).sum().backward()
+        outs.append((y, s1))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=1e-12)
+    assert_states_close(outs[1][1], outs[0][1])
+    for (n, p), pr in zip(plain.named_parameters(), rec.parameters()):
+        torch.testing.assert_close(pr.grad, p.grad, rtol=1e-10, atol=1e-12, msg=n)

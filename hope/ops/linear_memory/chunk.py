@@ -10,9 +10,11 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
                             from_chunks, keyed_operators, keyed_step, loop_operators,
@@ -33,6 +35,7 @@ def chunk_linear_memory(
     dgd: bool = True,
     objective: str = "l2",
     momentum_norm: bool = False,
+    recompute: bool = False,
 ):
     """Chunk-parallel inner rule on a linear memory; same contract as the naive form.
 
@@ -57,6 +60,8 @@ def chunk_linear_memory(
         momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+        recompute: save only each chunk's start state for the backward and recompute the chunk
+            there (`torch.utils.checkpoint`; see `chunk_mlp_memory`).
     Returns:
         o: [B, T, Hq, D] reads `o_t = W_t q_t` of the last Hq heads.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
@@ -70,6 +75,7 @@ def chunk_linear_memory(
     W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))  # [B, H, D, D]
     W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else None
     r, q_ops = read_heads(q, H), operator_queries(q, k)
+    step = functools.partial(_linear_chunk, r=r, objective=objective)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
@@ -85,18 +91,29 @@ def chunk_linear_memory(
         seg = []
         for lop, c_n, k_n, q_n, v_n in zip(lops.chunks(), consts, kc.unbind(2), qc.unbind(2),
                                            vc.unbind(2)):
-            KT, KS = pair_projections(k_n, W, S)
-            QT, QS = pair_projections(q_n, W[:, r], S[:, r])
-            if fold:
-                W0 = W                                                      # chunk-start state
-                KT0 = KT
+            args = (W, S, None if fold else W0, lop, c_n, k_n, q_n, v_n)
+            if recompute and torch.is_grad_enabled():
+                # keep only the chunk's inputs (its start state) for the backward, recompute the rest
+                o, W, S, W0 = checkpoint(step, *args, use_reentrant=False)
             else:
-                KT0 = k_n @ W0.transpose(-1, -2)
-            U = KT0 - v_n if objective == "l2" else -v_n
-            o, W, S = keyed_step(lop, k_n, W, S, KT, KS, QT, QS, U, const=c_n)
+                o, W, S, W0 = step(*args)
             seg.append(o)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)
     return o, (final if output_final_state else None)
+
+
+def _linear_chunk(W, S, W0, lop, c_n, k_n, q_n, v_n, *, r, objective):
+    """One chunk of the linear memory: reads `[B, Hq, L, D]`, the next W and S, and the chunk-start
+    weights (W0 when the call resumed inside this chunk, else W; c_n is then the folded error)."""
+    KT, KS = pair_projections(k_n, W, S)
+    QT, QS = pair_projections(q_n, W[:, r], S[:, r])
+    if W0 is None:
+        W0, KT0 = W, KT                                                     # chunk-start state
+    else:
+        KT0 = k_n @ W0.transpose(-1, -2)
+    U = KT0 - v_n if objective == "l2" else -v_n
+    o, W_next, S_next = keyed_step(lop, k_n, W, S, KT, KS, QT, QS, U, const=c_n)
+    return o, W_next, S_next, W0

@@ -10,9 +10,11 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
                             expand_state, from_chunks, hidden_scale, keyed_operators, keyed_step,
@@ -36,6 +38,7 @@ def chunk_mlp_memory(
     act: str = "gelu",
     hidden_norm: bool = False,
     momentum_norm: bool = False,
+    recompute: bool = False,
 ):
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
@@ -65,6 +68,9 @@ def chunk_mlp_memory(
         momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+        recompute: save only each chunk's start state for the backward and recompute the chunk
+            there (`torch.utils.checkpoint`): activation memory grows with chunks x state instead
+            of with every intermediate of every chunk, for one more forward of the op.
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)` of the last Hq heads.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -80,9 +86,12 @@ def chunk_mlp_memory(
     r, q_ops = read_heads(q, H), operator_queries(q, k)
     W1, S1 = (expand_state(x, (B, H, D, E), q, sd) for x in (st.W1, st.S1))
     W2, S2 = (expand_state(x, (B, H, E, D), q, sd) for x in (st.W2, st.S2))
+    W1_0 = W2_0 = None
     if pos:
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
+    step = functools.partial(_mlp_chunk, r=r, sigma=sigma, dsigma=dsigma, objective=objective,
+                             hidden_norm=hidden_norm)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
@@ -95,31 +104,48 @@ def chunk_mlp_memory(
         seg = []
         for lop, k_n, q_n, v_n, ee_n in zip(loop_operators(ops, u_column=True).chunks(), kc.unbind(2),
                                             qc.unbind(2), vc.unbind(2), e_eta.unbind(2)):
-            KT, KS = pair_projections(k_n, W2, S2)
-            QT, QS = pair_projections(q_n, W2[:, r], S2[:, r])
-            if not resumed:
-                W1_0, W2_0 = W1, W2                                         # chunk-start state
-                h = KT                                                      # W2_0 k_s
+            args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
+                    q_n, v_n, ee_n)
+            if recompute and torch.is_grad_enabled():
+                # keep only the chunk's inputs (its start state) for the backward, recompute the rest
+                o_n, W1, W2, S1, S2, W1_0, W2_0 = checkpoint(step, *args, use_reentrant=False)
             else:
-                h = k_n @ W2_0.transpose(-1, -2)
-            # gradients at the chunk-start state, for the whole chunk
-            z = sigma(h)                                                    # [B, H, L, E]
-            err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
-            delta = (err @ W1_0) * dsigma(h)                                # W2's error
-            if hidden_norm:                                                 # W1's step / ||z||^2
-                err = err / hidden_scale(z).unsqueeze(-1)
-            # W1, dual form: o1_t = W1_t sigma(hq_t), with hq_t = W2_t q_t (keyed, DGD)
-            hq, W2, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
-            zq = sigma(hq)                                                  # [B, Hq, L, E]
-            QW, QS1 = pair_projections(zq, W1[:, r], S1[:, r])              # [B, Hq, L, D]
-            o1 = (QW * lop.gamma[:, r] + QS1 * lop.m[:, r]
-                  - (ee_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])
-            W1, S1 = (state_step(W1, lop.gamma_C, S1, lop.m_C, -lop.e_last * err, z),
-                      state_step(S1, lop.P_C, None, None, -lop.d_last * err, z))
-            seg.append(q_n + o1)
+                o_n, W1, W2, S1, S2, W1_0, W2_0 = step(*args)
+            seg.append(o_n)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
                            pos_end)
     return o, (final if output_final_state else None)
+
+
+def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, ee_n, *, r, sigma, dsigma,
+               objective, hidden_norm):
+    """One chunk of the MLP memory: reads `[B, Hq, L, D]` and the next W1, W2, S1, S2.
+
+    W1_0, W2_0: the chunk-start weights when the call resumed inside this chunk, else None (the
+    chunk starts at W1, W2). Returns (reads, W1, W2, S1, S2, W1_0, W2_0).
+    """
+    KT, KS = pair_projections(k_n, W2, S2)
+    QT, QS = pair_projections(q_n, W2[:, r], S2[:, r])
+    if W1_0 is None:
+        W1_0, W2_0 = W1, W2                                                 # chunk-start state
+        h = KT                                                              # W2_0 k_s
+    else:
+        h = k_n @ W2_0.transpose(-1, -2)
+    # gradients at the chunk-start state, for the whole chunk
+    z = sigma(h)                                                            # [B, H, L, E]
+    err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
+    delta = (err @ W1_0) * dsigma(h)                                        # W2's error
+    if hidden_norm:                                                         # W1's step / ||z||^2
+        err = err / hidden_scale(z).unsqueeze(-1)
+    # W1, dual form: o1_t = W1_t sigma(hq_t), with hq_t = W2_t q_t (keyed, DGD)
+    hq, W2, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
+    zq = sigma(hq)                                                          # [B, Hq, L, E]
+    QW, QS1 = pair_projections(zq, W1[:, r], S1[:, r])                      # [B, Hq, L, D]
+    o1 = (QW * lop.gamma[:, r] + QS1 * lop.m[:, r]
+          - (ee_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])
+    W1, S1 = (state_step(W1, lop.gamma_C, S1, lop.m_C, -lop.e_last * err, z),
+              state_step(S1, lop.P_C, None, None, -lop.d_last * err, z))
+    return q_n + o1, W1, W2, S1, S2, W1_0, W2_0
