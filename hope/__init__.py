@@ -28,8 +28,7 @@ def _register_when_transformers_loads() -> None:
     module. If transformers' auto classes are already imported, this registers at once. Without
     transformers installed it does nothing; a failure is a warning, never an error of either import.
     """
-    import importlib.abc
-    import importlib.util
+    import importlib.util  # (not importlib.abc: it imports pathlib and importlib.resources, 30 ms)
 
     target = "transformers.models.auto.configuration_auto"
 
@@ -68,8 +67,9 @@ def _register_when_transformers_loads() -> None:
     if importlib.util.find_spec("transformers") is None:
         return
 
-    class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        """Runs `hook` on `target` right after it is executed (a post-import hook)."""
+    class _AfterImport:
+        """Runs `hook` on `target` right after it is executed (a post-import hook): a meta-path finder
+        that hands out the real spec with itself as the loader, delegating to the real loader."""
 
         def __init__(self):
             self.loader = None
