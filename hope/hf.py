@@ -132,7 +132,7 @@ class _HopeForCausalLM(PreTrainedModel, GenerationMixin):
         # Our modules initialize themselves; what transformers leaves uninitialized after loading are the
         # RoPE tables (non-persistent buffers, never saved), rebuilt here.
         if isinstance(getattr(module, "rope_cos", None), torch.Tensor):
-            from hope.models.transformer import rope_tables
+            from hope.layers.attention import rope_tables
 
             n, half = module.rope_cos.shape
             cos, sin = rope_tables(n, 2 * half, self.config.rope_theta)
