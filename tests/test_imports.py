@@ -11,7 +11,7 @@ import hope
 
 ROOT = Path(hope.__file__).parent
 # the other parts (ops, layers, model files) are checked by their own tests
-CHECKED = ("hope.cli", "hope.train", "hope.config", "hope.checkpoint", "hope.runs", "hope.schedule", "hope.device",
+CHECKED = ("hope.cli", "hope.train", "hope.config", "hope.checkpoint", "hope.runs", "hope.schedule", "hope.device", "hope.parallel",
            "hope.hf", "hope.recipes", "hope.generate", "hope.models", "hope.data", "hope.eval", "hope.bench")
 
 
