@@ -63,24 +63,17 @@ def initial_state(model, batch_size: int):
     """A fresh in-context state for a sharded model (None for the Transformer: its KV cache needs no
     parameters and is made in the forward).
 
-    Each block's part is made with the block's parameters gathered. A model without CMS segments
-    (Titans) gets `None` for its mixers instead, so that they make their memories inside the block's
-    forward, where the gradient reaches the meta-learned initial values; a model with CMS segments
-    gets copies, as `forward_backward` detaches the state before every segment, the first included.
+    A block whose mixer has parameter-made memories (Titans, Hope) gets `None` for its mixer, so that the
+    mixer makes its memories inside the block's forward, where its parameters are gathered and the
+    gradient reaches the meta-learned initial values (`forward_backward` keeps a state's graph in the
+    first segment); the CMS part is zeros, with no path to weights.
     """
-    from hope.layers.state import tree_map
-
     if not has_param_state(model):
         return None
-    segmented = getattr(model, "cms_segment", None) is not None
     blocks = []
     for block in model.blocks:
         block.unshard()
-        if segmented:
-            # copies: the gathered parameters this state is a view of are freed by reshard()
-            blocks.append(tree_map(lambda t: t.detach().clone(), block.init_state(batch_size)))
-        else:
-            blocks.append({"mixer": None, "cms": block.cms.init_state(batch_size)})  # zeros: no path to weights
+        blocks.append({"mixer": None, "cms": block.cms.init_state(batch_size)})
         block.reshard()
     return {"blocks": blocks, "pos": 0}
 

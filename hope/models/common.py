@@ -10,7 +10,7 @@ that lets the CMS learn in context (SPEC 4.3).
 
 `forward_backward(model, x, y, state, loss_norm)` is the training step of every model: in segments of
 the shortest CMS period, forward, backward, then the CMS step; state crossing a segment boundary is
-carried detached. For models without a learning CMS it is one plain forward and backward.
+carried detached (a fresh state keeps its link to the meta-learned initial states in the first one). For models without a learning CMS it is one plain forward and backward.
 """
 
 from __future__ import annotations
@@ -175,12 +175,16 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
         (loss / loss_norm).backward()
         return loss.item(), (detach_state(state) if state is not None else None)
-    if state is None:
+    fresh = state is None
+    if fresh:
         state = raw.init_state(x.shape[0])
     total, T, a = 0.0, x.shape[1], 0
     while a < T:
         b = min(T, a + seg - state["pos"] % seg)
-        state = detach_state(state)
+        if not (fresh and a == 0):
+            # a fresh state keeps its graph in the first segment, so the meta-learned initial states
+            # of the mixers' memories are trained (SPEC 2); later segments start detached
+            state = detach_state(state)
         leaves = raw.fast_weights(state)
         for w in leaves:
             w.requires_grad_(True)
