@@ -22,3 +22,14 @@ def _hope_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """One trained debug run folder for the CLI tests (tests that change it work on a copy)."""
+    from cli_support import TINY
+
+    from hope.cli import main
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    return out

@@ -5,25 +5,9 @@ import sys
 
 import pytest
 
+from cli_support import TINY, error_of
+
 from hope.cli import main
-
-TINY = ["--recipe", "debug", "--no-progress", "--set", "model.d_model=32", "train.steps=4", "train.eval_every=4",
-        "train.ckpt_every=4", "train.eval_tokens=1024", "train.sample_tokens=0"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--out", str(out), *TINY]) == 0
-    return out
-
-
-def error_of(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("sub", ["train", "generate", "info"])
