@@ -205,7 +205,7 @@ def main() -> None:
           "Transformer++ | overhead factor | kernels/token | peak GiB |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        ratio = base["step_s"] and r["step_s"] / base["step_s"] if base else float("nan")
+        ratio = r["step_s"] / base["step_s"] if base else float("nan")
         fratio = r["flops_per_token"] / base["flops_per_token"] if base else float("nan")
         over = ratio / fratio if not math.isnan(fratio) else float("nan")
         print(f"| {r['arch']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['tokens_per_s']:,.0f} | "
