@@ -201,3 +201,52 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "holds no text" in error_of(capsys, [*base, "--domains", f"{a},{tmp_path / 'empty'}"])
     assert "unknown source" in error_of(capsys, ["continual", "classify", *QUICK, "--sources", "nowhere",
                                                  "--out", str(tmp_path / "o2")])
+
+
+def _deb(tmp_path, files: dict) -> "Path":
+    """A minimal .deb holding `files` (path -> bytes), built with dpkg-deb."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: fake\nVersion: 1\nArchitecture: all\nMaintainer: x <x@y>\n"
+                                             "Description: test\n")
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(root), str(tmp_path / "fake.deb")], check=True,
+                   capture_output=True)
+    return tmp_path / "fake.deb"
+
+
+def test_prepare_fortunes_and_kerneldoc(tmp_path):
+    import gzip
+
+    from hope.data import registry
+
+    shared = "the same fortune in two categories"
+    cats = "\n%\n".join([f"cat fortune {i}" for i in range(40)] + [shared]) + "\n%\n"
+    dogs = "\n%\n".join([f"dog fortune {i}" for i in range(40)] + [shared, "dog fortune 0"]) + "\n"
+    deb = _deb(tmp_path / "f", {"usr/share/games/fortunes/cats": cats.encode(),
+                                "usr/share/games/fortunes/dogs": dogs.encode(),
+                                "usr/share/games/fortunes/cats.dat": b"\x00binary index"})
+    splits = registry._prepare_fortunes(deb)
+    texts = [r["text"] for s in splits.values() for r in s]
+    assert shared not in texts and len(texts) == len(set(texts)) == 80  # cross-label and repeated texts dropped
+    assert {r["label"] for s in splits.values() for r in s} == {"cats", "dogs"}
+    assert splits == registry._prepare_fortunes(deb)
+    para = "Networking paragraph about sockets and queues, long enough to count as one item of its class. " * 3
+    deb = _deb(tmp_path / "k", {
+        "usr/share/doc/linux-doc-6.1/Documentation/networking/a.rst.gz": gzip.compress((para + "\n\n" + para + "x").encode()),
+        "usr/share/doc/linux-doc-6.1/Documentation/scsi/b.rst": (para.replace("Networking", "SCSI")).encode(),
+        "usr/share/doc/linux-doc-6.1/Documentation/x86/c.rst": (para.replace("Networking", "x86")).encode()})
+    recs = [r for s in registry._prepare_kerneldoc(deb).values() for r in s]
+    assert sorted(r["label"] for r in recs) == ["networking", "networking", "scsi"]  # x86 is an architecture
+    by_doc = {}
+    for split, rs in registry._prepare_kerneldoc(deb).items():
+        for r in rs:
+            by_doc.setdefault(r["title"].split("#")[0], set()).add(split)
+    assert all(len(s) == 1 for s in by_doc.values())  # a document's paragraphs share one split

@@ -27,10 +27,10 @@ def cmd_data_list(args) -> int:
     rows = list_rows()
     print(f"data folder: {data_root()}")
     width = max(len(r["records"] or r["description"]) for r in rows) + 2
-    print(f"{'name':<15}{'kind':<8}{'status':<10}{'size':>10}  {'records':<{width}}source")
+    print(f"{'name':<15}{'kind':<10}{'status':<10}{'size':>10}  {'records':<{width}}source")
     for r in rows:
         size = f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-"
-        print(f"{r['name']:<15}{r['kind']:<8}{r['status']:<10}{size:>10}  {r['records'] or r['description']:<{width}}"
+        print(f"{r['name']:<15}{r['kind']:<10}{r['status']:<10}{size:>10}  {r['records'] or r['description']:<{width}}"
               f"{r['source']}")
     return 0
 
