@@ -105,10 +105,13 @@ def heatmap(run: dict, key: str, tasks: list[str], path: Path) -> bool:
     values = [[math.nan if s.get(key) is None else s[key] for s in row] for row in rows]
     fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 2, 0.55 * len(rows) + 1.6), dpi=120)
     im = ax.imshow(values, cmap="viridis_r" if key == "loss" else "viridis", aspect="auto")
+    lo, hi = im.get_clim()
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+                t = (v - lo) / max(1e-12, hi - lo)
+                light = t < 0.4 if key == "loss" else t > 0.6  # the yellow end of viridis: dark text
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="k" if light else "w", fontsize=8)
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_title(f"{run['name']}: {'loss (nats/token)' if key == 'loss' else 'accuracy'}", fontsize=9)
