@@ -35,7 +35,7 @@ from hope.data.tokens import get_batch, prepare_tokens, val_windows
 from hope.errors import DivergedError, HopeError
 from hope.eval.adapter import Scorer
 from hope.recipes import get_recipe
-from hope.train import evaluate
+from hope.train import evaluate, git_commit
 
 PROMPT = "\nTopic:"
 IGNORE = -100
@@ -87,6 +87,7 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
                        log=print) -> dict:
     """Pretrain every architecture once, then run every (source, architecture, method)."""
     pairs = plan(archs, methods, settings)
+    commit = git_commit()  # the code the suite runs (HEAD may move while it runs)
     settings = replace(settings, curve_points=1)  # scoring every label is costly: once per task
     if not sources:
         raise HopeError("--sources lists no source")
@@ -152,7 +153,7 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
                               "rows": done["rows"], "baseline": None, "curve": done["curve"]}
                 write_json(run_dir / "result.json", result)
             runs.append(result)
-            results = header("classify", settings, {
+            results = header("classify", settings, {"git_commit": commit, 
                 "sources": [Path(s).name for s in sources], "classes_per_task": classes_per_task, "n_tasks": n_tasks,
                 "steps_per_task": settings.steps, "train_per_class": train_per_class,
                 "test_per_class": test_per_class, "pretrain": pretrain, "pretrain_steps": pretrain_steps,

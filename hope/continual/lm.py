@@ -35,7 +35,7 @@ from hope.data.tokenizer import build_tokenizer
 from hope.data.tokens import get_batch, prepare_tokens, val_windows
 from hope.errors import DivergedError, HopeError
 from hope.recipes import get_recipe
-from hope.train import evaluate
+from hope.train import evaluate, git_commit
 
 DEFAULT_DOMAINS = ("shakespeare", "wiki", "bible", "pydocs")
 TOKENIZER_CHARS = 2_000_000  # characters of each domain's training split the shared BPE is trained on
@@ -117,6 +117,7 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
     """Run every (architecture, method) of the plan on `domains`; write the report after each run.
     Returns the results dict (also in `out/results.json`)."""
     pairs = plan(archs, methods, settings)
+    commit = git_commit()  # the code the suite runs (HEAD may move while it runs)
     corpora = load_domains(domains)
     base = get_recipe(recipe_name("transformer", settings.size))
     tokenizer = shared_tokenizer(base.data.tokenizer, corpora, base.data.vocab_size)
@@ -161,7 +162,8 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
                         model, tokens[0]["val"], tokens[1]["val"], read_len=L, b_len=2 * L, probe_len=L // 2)}
             write_json(run_dir / "result.json", result)
         runs.append(result)
-        results = header("lm", settings, {"domains": labels, "tokens_per_stage": settings.steps * tc.batch_size * tc.seq_len,
+        results = header("lm", settings, {"git_commit": commit, "domains": labels,
+                                          "tokens_per_stage": settings.steps * tc.batch_size * tc.seq_len,
                                           "eval_tokens": eval_tokens, "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}",
                                           "runs": runs})
         write_report(out, results, "loss", log)
