@@ -17,6 +17,10 @@ model, all measured in this process, it prints:
 * peak memory of one step: `max_memory_allocated` on CUDA; on CPU the growth of the process's peak
   resident set over one step, measured in a fresh subprocess per model (`--no-memory` skips it).
 
+`--compile` applies `train.compile` to every model (`hope.models.common.compile_model`: the memory
+ops' per-chunk steps for Titans and Hope, the whole model otherwise); the warm-up steps then include
+compilation, so give it `--warmup 2` at least.
+
 `--recompute` sets `model.recompute=true` on the models that have it (Titans, Hope): their memory
 ops keep only chunk-start states for the backward and recompute each chunk there.
 """
@@ -39,7 +43,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hope.models import build_model
-from hope.models.common import forward_backward
+from hope.models.common import compile_model, forward_backward
 from hope.recipes import get_recipe
 from hope.train import count_parameters
 
@@ -55,7 +59,7 @@ NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "tra
 
 
 def setup(arch: str, size: str, device: torch.device, batch_size: int | None, seq_len: int | None,
-          recompute: bool = False):
+          recompute: bool = False, compile: bool = False):
     cfg = get_recipe(size if arch == "transformer" else f"{arch}_{size}")
     mcfg = replace(cfg.model, vocab_size=8192)
     if recompute and hasattr(mcfg, "recompute"):
@@ -63,6 +67,7 @@ def setup(arch: str, size: str, device: torch.device, batch_size: int | None, se
     torch.manual_seed(0)
     model = build_model(arch, mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    called = compile_model(model) if compile else model
     B = batch_size or cfg.train.batch_size
     T = seq_len or cfg.train.seq_len
     gen = torch.Generator().manual_seed(0)
@@ -71,7 +76,7 @@ def setup(arch: str, size: str, device: torch.device, batch_size: int | None, se
 
     def step():
         opt.zero_grad(set_to_none=True)
-        forward_backward(model, x[:, :-1], x[:, 1:], None, B * T, autocast)
+        forward_backward(called, x[:, :-1], x[:, 1:], None, B * T, autocast, raw_model=model)
         opt.step()
     return model, step, B, T
 
@@ -82,12 +87,18 @@ def sync(device):
 
 
 def kernel_calls(step) -> int:
-    """Leaf aten ops of one call of `step` (ops with no aten op below them), views excluded."""
+    """Leaf aten ops of one call of `step` (ops with no aten op below them), views excluded, plus the
+    fused kernels of compiled code (inductor's `cpp_fused_*` / `triton_*` calls)."""
+    from torch._inductor import config as inductor_config
     from torch.profiler import ProfilerActivity, profile
+    inductor_config.cpp.enable_kernel_profile = True  # compiled CPU kernels appear as profiler events
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     n = 0
     for ev in prof.events():
+        if ev.name.startswith(("cpp_fused", "triton_")):
+            n += 1
+            continue
         if not ev.name.startswith("aten::") or ev.name[6:] in NOT_KERNELS:
             continue
         if not any(c.name.startswith("aten::") for c in ev.cpu_children):
@@ -102,7 +113,7 @@ def step_flops(step) -> int:
 
 
 def measure(arch: str, args, device: torch.device) -> dict:
-    model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.recompute)
+    model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.recompute, args.compile)
     times = []
     for i in range(args.warmup + args.steps):
         sync(device)
@@ -125,7 +136,7 @@ def measure(arch: str, args, device: torch.device) -> dict:
 
 def cpu_peak_child(arch: str, args) -> float:
     """Growth of peak RSS (GiB) over one training step after one warm-up step (run in a subprocess)."""
-    _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len, args.recompute)
+    _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len, args.recompute, args.compile)
     step()
     with open("/proc/self/statm") as f:
         rss_now = int(f.read().split()[1]) * resource.getpagesize()
@@ -141,8 +152,9 @@ def cpu_peak(arch: str, args) -> float:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.seq_len:
         cmd += ["--seq-len", str(args.seq_len)]
-    if args.recompute:
-        cmd += ["--recompute"]
+    for flag in ("recompute", "compile"):
+        if getattr(args, flag):
+            cmd += [f"--{flag}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
@@ -175,6 +187,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--recompute", action="store_true", help="model.recompute=true where the model has it")
+    ap.add_argument("--compile", action="store_true", help="train.compile=true for every model")
     ap.add_argument("--no-counts", action="store_true", help="skip the FLOP and kernel counts (one step each)")
     ap.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory subprocesses")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -199,7 +212,7 @@ def main() -> None:
         print(f"{arch}: {rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
     base = next((r for r in rows if r["arch"] == "transformer"), None)
     print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps"
-          f"{', recompute' if args.recompute else ''}; peak memory: "
+          f"{', recompute' if args.recompute else ''}{', compiled' if args.compile else ''}; peak memory: "
           f"{'max_memory_allocated' if device.type == 'cuda' else 'growth of peak RSS over one step'}")
     print("| model | params | batch | tokens/s | step (s) | step / Transformer++ | MFLOP/token | FLOPs / "
           "Transformer++ | overhead factor | kernels/token | peak GiB |")

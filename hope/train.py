@@ -44,7 +44,7 @@ from hope.errors import DivergedError, HopeError
 from hope.generate import generate
 from hope.device import resolve_device
 from hope.models import build_model, count_parameters
-from hope.models.common import forward_backward
+from hope.models.common import compile_model, forward_backward
 from hope.optim import build_optimizer
 from hope.schedule import lr_at
 
@@ -326,7 +326,7 @@ def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progr
         plain = build_model(cfg.arch, cfg.model)
         plain = plain.double() if tc.dtype == "float64" else plain
     if tc.compile:
-        model = torch.compile(model)
+        model = compile_model(model)
     sync = None
     if fsdp:
         sync = parallel.GradSync(raw_model)

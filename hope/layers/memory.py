@@ -68,6 +68,10 @@ class MemoryBank(nn.Module):
         momentum_norm: the ops' `momentum_norm` (momentum as a running mean of the gradients).
         recompute: the chunk ops' `recompute` (save chunk-start states only, recompute each chunk
             in the backward); the naive ops ignore it.
+
+    Attribute `compile` (default False; not a config field, `train.compile` sets it through
+    `hope.models.common.compile_model`): the chunk ops run their per-chunk step under
+    `torch.compile`.
     """
 
     def __init__(self, kind: str, n: int, n_heads: int, head_dim: int, expansion: int = 2,
@@ -81,6 +85,7 @@ class MemoryBank(nn.Module):
         self.expansion, self.activation, self.impl = expansion, activation, impl
         self.hidden_norm, self.mean_step, self.momentum_norm = hidden_norm, mean_step, momentum_norm
         self.recompute = recompute
+        self.compile = False
         self.sigma = _activation(activation)[0]
         D, E = head_dim, expansion * head_dim
         if kind == "mlp":
@@ -129,6 +134,6 @@ class MemoryBank(nn.Module):
                      hidden_norm=self.hidden_norm) if self.kind == "mlp" else {}
         extra["momentum_norm"] = self.momentum_norm
         if self.impl == "chunk":
-            extra["recompute"] = self.recompute
+            extra["recompute"], extra["compile"] = self.recompute, self.compile
         return op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
                   chunk_size=chunk_size, dgd=dgd, objective="l2", **extra)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hope.layers.memory import MemoryBank
 from hope.layers.state import detach_state
 
 
@@ -198,3 +199,16 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
         total += loss.item()
         a = b
     return total, state
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """`train.compile`: run a model's hot loop under `torch.compile` (inductor); returns the model to call.
+
+    A model with in-context memories (Titans, Hope) compiles the per-chunk step of its memory ops
+    (`MemoryBank.compile`), where its time goes; the rest stays eager, so the chunk loop, mid-chunk
+    resume and the CMS segments need no graph of their own. Any other model is compiled whole.
+    """
+    banks = [m for m in model.modules() if isinstance(m, MemoryBank)]
+    for bank in banks:
+        bank.compile = True
+    return model if banks else torch.compile(model)

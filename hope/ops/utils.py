@@ -14,12 +14,14 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 OBJECTIVES = ("l2", "dot")
 ACTIVATIONS = ("gelu", "silu")
@@ -138,26 +140,77 @@ def hidden_scale(z: torch.Tensor) -> torch.Tensor:
     return z.square().sum(-1).clamp(min=1.0)
 
 
+def _gelu(h):
+    return F.gelu(h)  # exact (erf) GELU
+
+
+def _dgelu(h):
+    cdf = 0.5 * (1.0 + torch.erf(h * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * h * h) * (1.0 / math.sqrt(2.0 * math.pi))
+    return cdf + h * pdf
+
+
+def _silu(h):
+    return F.silu(h)
+
+
+def _dsilu(h):
+    s = torch.sigmoid(h)
+    return s * (1.0 + h * (1.0 - s))
+
+
+# module-level functions (not closures made per call), so a compiled chunk step sees the same
+# function objects on every call and is not recompiled
+_ACTIVATIONS = {"gelu": (_gelu, _dgelu), "silu": (_silu, _dsilu)}
+
+
 def activation(name: str):
     """Return `(sigma, dsigma)` for the MLP memory; both are differentiable torch expressions."""
-    if name == "gelu":  # exact (erf) GELU
-        def sigma(h):
-            return F.gelu(h)
-
-        def dsigma(h):
-            cdf = 0.5 * (1.0 + torch.erf(h * (1.0 / math.sqrt(2.0))))
-            pdf = torch.exp(-0.5 * h * h) * (1.0 / math.sqrt(2.0 * math.pi))
-            return cdf + h * pdf
-    elif name == "silu":
-        def sigma(h):
-            return F.silu(h)
-
-        def dsigma(h):
-            s = torch.sigmoid(h)
-            return s * (1.0 + h * (1.0 - s))
-    else:
+    if name not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
-    return sigma, dsigma
+    return _ACTIVATIONS[name]
+
+
+@functools.cache
+def compiled(step):
+    """`step` (a chunk step of an op) under `torch.compile` (inductor), built once per function.
+
+    Inductor fuses the step's elementwise work on states and chunk tensors into a few kernels and
+    plans its memory; the same compiled step serves every full chunk of every layer of one shape.
+    The first call of each variant compiles (tens of seconds on CPU): a variant per shape, per
+    read-head slice, per grad mode, and per which state tensors require grad (a fresh state's
+    zero momentum does not), so the limit of compiled variants per function is raised to 64.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(step, dynamic=False)
+
+
+def _contiguous(x):
+    if isinstance(x, torch.Tensor):
+        return x.contiguous()
+    if isinstance(x, tuple) and hasattr(x, "_fields"):                       # operator NamedTuples
+        return type(x)(*(_contiguous(y) for y in x))
+    return x
+
+
+def run_step(step, args, *, compile: bool = False, recompute: bool = False, **kwargs):
+    """One chunk of an op: `step(*args, **kwargs)`, compiled and/or recomputed in the backward.
+
+    compile: through `compiled(step)`, with every tensor argument made contiguous first (a chunk
+        sliced out of a segment has strides that depend on the segment's length, and an expanded
+        meta-learned state has zero strides: each would be a new compiled variant).
+    recompute: under `torch.utils.checkpoint` when autograd records, so that the backward keeps
+        only the chunk's inputs (its start state) and recomputes the rest.
+    """
+    fn = step
+    if compile:
+        fn, args = compiled(step), tuple(_contiguous(a) for a in args)
+    fn = functools.partial(fn, **kwargs)
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:

@@ -10,16 +10,14 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
                             from_chunks, keyed_operators, keyed_step, loop_operators,
-                            operator_queries, pair_projections, read_heads, split_segments,
-                            state_dtype, to_chunks)
+                            operator_queries, pair_projections, read_heads, run_step,
+                            split_segments, state_dtype, to_chunks)
 
 
 def chunk_linear_memory(
@@ -36,6 +34,7 @@ def chunk_linear_memory(
     objective: str = "l2",
     momentum_norm: bool = False,
     recompute: bool = False,
+    compile: bool = False,
 ):
     """Chunk-parallel inner rule on a linear memory; same contract as the naive form.
 
@@ -62,6 +61,8 @@ def chunk_linear_memory(
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
         recompute: save only each chunk's start state for the backward and recompute the chunk
             there (`torch.utils.checkpoint`; see `chunk_mlp_memory`).
+        compile: run the per-chunk step under `torch.compile` (`hope.ops.utils.compiled`); the
+            results equal eager to float rounding (tests/ops/test_compile.py).
     Returns:
         o: [B, T, Hq, D] reads `o_t = W_t q_t` of the last Hq heads.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
@@ -75,7 +76,6 @@ def chunk_linear_memory(
     W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))  # [B, H, D, D]
     W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else None
     r, q_ops = read_heads(q, H), operator_queries(q, k)
-    step = functools.partial(_linear_chunk, r=r, objective=objective)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
@@ -92,11 +92,9 @@ def chunk_linear_memory(
         for lop, c_n, k_n, q_n, v_n in zip(lops.chunks(), consts, kc.unbind(2), qc.unbind(2),
                                            vc.unbind(2)):
             args = (W, S, None if fold else W0, lop, c_n, k_n, q_n, v_n)
-            if recompute and torch.is_grad_enabled():
-                # keep only the chunk's inputs (its start state) for the backward, recompute the rest
-                o, W, S, W0 = checkpoint(step, *args, use_reentrant=False)
-            else:
-                o, W, S, W0 = step(*args)
+            # compiled: the fast path only (full chunks from a chunk boundary)
+            o, W, S, W0 = run_step(_linear_chunk, args, compile=compile and fold and L == C,
+                                   recompute=recompute, r=r, objective=objective)
             seg.append(o)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)

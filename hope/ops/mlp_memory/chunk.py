@@ -10,16 +10,14 @@ einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a ch
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
                             expand_state, from_chunks, hidden_scale, keyed_operators, keyed_step,
                             loop_operators, operator_queries, pair_projections, read_heads,
-                            split_segments, state_dtype, state_step, to_chunks)
+                            run_step, split_segments, state_dtype, state_step, to_chunks)
 
 
 def chunk_mlp_memory(
@@ -39,6 +37,7 @@ def chunk_mlp_memory(
     hidden_norm: bool = False,
     momentum_norm: bool = False,
     recompute: bool = False,
+    compile: bool = False,
 ):
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
@@ -71,6 +70,8 @@ def chunk_mlp_memory(
         recompute: save only each chunk's start state for the backward and recompute the chunk
             there (`torch.utils.checkpoint`): activation memory grows with chunks x state instead
             of with every intermediate of every chunk, for one more forward of the op.
+        compile: run the per-chunk step under `torch.compile` (`hope.ops.utils.compiled`); the
+            results equal eager to float rounding (tests/ops/test_compile.py).
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)` of the last Hq heads.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -90,8 +91,7 @@ def chunk_mlp_memory(
     if pos:
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
-    step = functools.partial(_mlp_chunk, r=r, sigma=sigma, dsigma=dsigma, objective=objective,
-                             hidden_norm=hidden_norm)
+    step_kw = dict(r=r, sigma=sigma, dsigma=dsigma, objective=objective, hidden_norm=hidden_norm)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
@@ -106,11 +106,11 @@ def chunk_mlp_memory(
                                             qc.unbind(2), vc.unbind(2), e_eta.unbind(2)):
             args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
                     q_n, v_n, ee_n)
-            if recompute and torch.is_grad_enabled():
-                # keep only the chunk's inputs (its start state) for the backward, recompute the rest
-                o_n, W1, W2, S1, S2, W1_0, W2_0 = checkpoint(step, *args, use_reentrant=False)
-            else:
-                o_n, W1, W2, S1, S2, W1_0, W2_0 = step(*args)
+            # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail
+            # chunk, once per call at most, runs eager
+            o_n, W1, W2, S1, S2, W1_0, W2_0 = run_step(
+                _mlp_chunk, args, compile=compile and not resumed and L == C, recompute=recompute,
+                **step_kw)
             seg.append(o_n)
         outs.append(from_chunks(torch.stack(seg, dim=2)))
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
