@@ -20,9 +20,9 @@ from torch import nn
 
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
+from hope.ops.rule import InnerRule
 from hope.ops.utils import activation as _activation
 
-KINDS = ("mlp", "linear")
 IMPLS = ("chunk", "naive")
 _OPS = {
     ("mlp", "chunk"): chunk_mlp_memory,
@@ -51,44 +51,33 @@ class MemoryBank(nn.Module):
     """Meta-learned initial states of `n` memories per head, and their op.
 
     Args:
-        kind: "mlp" or "linear".
+        rule: the inner rule (`hope.ops.rule.InnerRule`): kind, expansion, activation, chunk size,
+            DGD, the stability switches and recompute. `rule.mean_step`: `update` passes
+            `eta / chunk_size` to the op, so a mini-batch takes the step of its *mean* gradient and
+            `eta` bounds the whole chunk's step however correlated its keys (docs/DEVIATIONS.md).
         n: number of memories (stacked on the head axis in the stream state).
         n_heads: H.
         head_dim: D (input and output width of every memory).
-        expansion: e, hidden width E = e * D of an MLP memory.
-        activation: sigma of an MLP memory, "gelu" or "silu".
         w1_std: std of the initial W1 of an MLP memory, relative to 1/sqrt(E) (0: the identity).
         linear_init: initial W of a linear memory: "zeros", "identity" or "random" (std 1/sqrt(D)).
-        impl: "chunk" (chunk-parallel ops) or "naive" (token-by-token reference ops).
-        hidden_norm: an MLP memory's W1 step for token s is `eta_s / max(1, ||sigma(W2 k_s)||^2)`
-            (the ops' `hidden_norm`; docs/DEVIATIONS.md). Ignored by linear memories.
-        mean_step: `update` passes `eta / chunk_size` to the op: a mini-batch takes the step of its
-            *mean* gradient, so `eta` bounds the whole chunk's step however correlated its keys
-            (docs/DEVIATIONS.md). Off: every token's gradient gets the full `eta` (a sum).
-        momentum_norm: the ops' `momentum_norm` (momentum as a running mean of the gradients).
-        recompute: the chunk ops' `recompute` (save chunk-start states only, recompute each chunk
-            in the backward); the naive ops ignore it.
+        impl: "chunk" (chunk-parallel ops) or "naive" (token-by-token reference ops, which ignore
+            `rule.recompute`).
 
     Attribute `compile` (default False; not a config field, `train.compile` sets it through
     `hope.models.common.compile_model`): the chunk ops run their per-chunk step under
     `torch.compile`.
     """
 
-    def __init__(self, kind: str, n: int, n_heads: int, head_dim: int, expansion: int = 2,
-                 activation: str = "gelu", w1_std: float = 0.0, linear_init: str = "zeros",
-                 impl: str = "chunk", hidden_norm: bool = True, mean_step: bool = True,
-                 momentum_norm: bool = False, recompute: bool = False):
+    def __init__(self, rule: InnerRule, n: int, n_heads: int, head_dim: int, w1_std: float = 0.0,
+                 linear_init: str = "zeros", impl: str = "chunk"):
         super().__init__()
-        check_choice("memory kind", kind, KINDS)
         check_choice("impl", impl, IMPLS)
-        self.kind, self.n, self.n_heads, self.head_dim = kind, n, n_heads, head_dim
-        self.expansion, self.activation, self.impl = expansion, activation, impl
-        self.hidden_norm, self.mean_step, self.momentum_norm = hidden_norm, mean_step, momentum_norm
-        self.recompute = recompute
+        self.rule, self.kind, self.n, self.n_heads, self.head_dim = rule, rule.kind, n, n_heads, head_dim
+        self.impl = impl
         self.compile = False
-        self.sigma = _activation(activation)[0]
-        D, E = head_dim, expansion * head_dim
-        if kind == "mlp":
+        self.sigma = _activation(rule.activation)[0]
+        D, E = head_dim, rule.expansion * head_dim
+        if rule.kind == "mlp":
             # W2 reads unit-norm keys: std 1/sqrt(D) keeps W2 k of order 1
             self.W1 = nn.Parameter(torch.randn(n, n_heads, D, E) * (w1_std / math.sqrt(E)))
             self.W2 = nn.Parameter(torch.randn(n, n_heads, E, D) / math.sqrt(D))
@@ -112,28 +101,34 @@ class MemoryBank(nn.Module):
         return LinearMemoryState(ex(self.W))
 
     def read_start(self, state, x: torch.Tensor) -> torch.Tensor:
-        """Read `x: [B, T, n*H, D]` with the state at the start of the current mini-batch."""
+        """Read `x` with the state at the start of the current mini-batch.
+
+        x: `[B, T, n*H, D]` (each memory its own input) or `[B, T, H, D]` (every memory reads the
+        same input, broadcast without a copy); returns `[B, T, n*H, D]`.
+        """
+        n, H = self.n, self.n_heads
+        shared = x.shape[2] == H and n > 1
+        xs = x.unsqueeze(2) if shared else x.unflatten(2, (n, H))           # [B, T, n or 1, H, D]
         if self.kind == "mlp":
             W1 = state.W1_chunk if state.pos else state.W1
             W2 = state.W2_chunk if state.pos else state.W2
-            h = torch.einsum("bhed,bthd->bthe", W2.to(x.dtype), x)
-            return x + torch.einsum("bhde,bthe->bthd", W1.to(x.dtype), self.sigma(h))
-        W = state.W_chunk if state.pos else state.W
-        return torch.einsum("bhij,bthj->bthi", W.to(x.dtype), x)
+            W1, W2 = (w.to(x.dtype).unflatten(1, (n, H)) for w in (W1, W2))
+            h = torch.einsum("bnhed,btnhd->btnhe", W2, xs.expand(-1, -1, n, -1, -1))
+            out = xs + torch.einsum("bnhde,btnhe->btnhd", W1, self.sigma(h))
+        else:
+            W = (state.W_chunk if state.pos else state.W).to(x.dtype).unflatten(1, (n, H))
+            out = torch.einsum("bnhij,btnhj->btnhi", W, xs.expand(-1, -1, n, -1, -1))
+        return out.flatten(2, 3)
 
-    def update(self, state, q, k, v, eta, alpha, beta, chunk_size: int, dgd: bool):
+    def update(self, state, q, k, v, eta, alpha, beta):
         """Run the inner rule (SPEC 3) from `state`; returns (reads, new state).
 
         q: [B, T, Hq, D] queries of the last Hq of the n*H stacked heads (Hq = 0: learn only);
         k, v: [B, T, n*H, D]; the reads are [B, T, Hq, D].
         """
         op = _OPS[(self.kind, self.impl)]
-        if self.mean_step:
-            eta = eta / chunk_size
-        extra = dict(expansion=self.expansion, act=self.activation,
-                     hidden_norm=self.hidden_norm) if self.kind == "mlp" else {}
-        extra["momentum_norm"] = self.momentum_norm
-        if self.impl == "chunk":
-            extra["recompute"], extra["compile"] = self.recompute, self.compile
+        if self.rule.mean_step:
+            eta = eta / self.rule.chunk_size
+        extra = {"compile": self.compile} if self.impl == "chunk" else {}
         return op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
-                  chunk_size=chunk_size, dgd=dgd, objective="l2", **extra)
+                  **self.rule.op_kwargs(self.impl), **extra)

@@ -38,6 +38,7 @@ from torch import nn
 
 from hope.layers.conv import CausalConv1d
 from hope.layers.memory import MemoryBank, chunk_ranges
+from hope.ops.rule import InnerRule
 
 
 class SelfModifyingTitans(nn.Module):
@@ -46,26 +47,18 @@ class SelfModifyingTitans(nn.Module):
     Args:
         d_model: model width.
         n_heads: H, head_dim = d_model / H; every memory is per head.
-        memory: kind of the main memory, "mlp" (default) or "linear".
-        proj_memory: kind of the projection memories k, v, q, eta, alpha: "mlp" (default) or "linear".
-        expansion: hidden width of MLP memories is expansion * head_dim.
-        chunk_proj: C_proj, mini-batch of the projection memories (and the delay of their effect).
-        chunk_mem: C_mem, mini-batch of the main memory.
-        dgd: Delta Gradient Descent on every memory (off: plain GD with retention).
-        momentum: off sets beta = 0 (and drops W_beta).
-        retention: off sets alpha = 1 (and drops the alpha memory and its read-out).
+        rule: inner rule of the main memory (`hope.ops.rule.InnerRule`: kind, expansion,
+            activation, chunk size C_mem, DGD, the stability switches, recompute). Its `momentum`
+            off sets beta = 0 (and drops W_beta), `retention` off sets alpha = 1 (and drops the
+            alpha memory and its read-out), `eta = eta_max * sigmoid(.)`; these three gates are
+            shared by all six memories.
+        proj_rule: inner rule of the projection memories k, v, q, eta, alpha (default: `rule`);
+            its chunk size C_proj is also the delay of their effect. Must agree with `rule` on
+            momentum, retention and eta_max (the gates are shared).
         static_k, static_v, static_q: replace that projection memory by a static per-head linear
             map `W x_h` (outer level only).
-        eta_max: eta = eta_max * sigmoid(.).
-        activation: sigma of MLP memories, "gelu" or "silu".
-        hidden_norm: normalize every MLP memory's W1 step by `max(1, ||sigma(W2 k)||^2)`.
-        mean_step: a chunk steps by eta times its mean gradient (per-token eta / chunk size).
-        momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (default on;
-            off: SPEC 3's `S = beta S - eta g`).
         conv_size: width of the causal depthwise convolutions on k, v, q.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
-        recompute: keep only chunk-start memory states for the backward and recompute each chunk
-            there (activation memory grows with chunks x state, for one more forward of the ops).
         eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         proj_w1_std: initial W1 of MLP projection memories, std relative to 1/sqrt(E), so the
@@ -77,48 +70,46 @@ class SelfModifyingTitans(nn.Module):
         eps: epsilon of the per-head RMSNorm and the L2 normalization.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, memory: str = "mlp", proj_memory: str = "mlp",
-                 expansion: int = 2, chunk_proj: int = 16, chunk_mem: int = 16, dgd: bool = True,
-                 momentum: bool = True, retention: bool = True, static_k: bool = False,
-                 static_v: bool = False, static_q: bool = False, eta_max: float = 0.5,
-                 activation: str = "gelu", hidden_norm: bool = True, mean_step: bool = True,
-                 momentum_norm: bool = True, conv_size: int = 4, impl: str = "chunk",
-                 recompute: bool = False,
-                 eta_bias: float = -2.0, alpha_bias: float = 8.0, beta_bias: float = 0.0,
-                 proj_w1_std: float = 0.2, normalize_v: bool = True, eps: float = 1e-6):
+    def __init__(self, d_model: int, n_heads: int, rule: InnerRule = InnerRule(momentum_norm=True),
+                 proj_rule: InnerRule | None = None, *, static_k: bool = False,
+                 static_v: bool = False, static_q: bool = False, conv_size: int = 4,
+                 impl: str = "chunk", eta_bias: float = -2.0, alpha_bias: float = 8.0,
+                 beta_bias: float = 0.0, proj_w1_std: float = 0.2, normalize_v: bool = True,
+                 eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        proj_rule = rule if proj_rule is None else proj_rule
+        for name in ("momentum", "retention", "eta_max"):
+            if getattr(proj_rule, name) != getattr(rule, name):
+                raise ValueError(f"proj_rule.{name} must equal rule.{name} (the gates are shared by "
+                                 f"all memories), got {getattr(proj_rule, name)} and {getattr(rule, name)}")
         H = n_heads
         D = self.head_dim = d_model // n_heads
         self.d_model, self.n_heads = d_model, n_heads
-        self.chunk_proj, self.chunk_mem = int(chunk_proj), int(chunk_mem)
-        self.dgd, self.momentum, self.retention = dgd, momentum, retention
-        self.eta_max, self.eps, self.normalize_v = eta_max, eps, normalize_v
+        self.rule, self.proj_rule = rule, proj_rule
+        self.eps, self.normalize_v = eps, normalize_v
         static = {"k": static_k, "v": static_v, "q": static_q}
         # projection memories, in the order they are stacked on the head axis
-        self.proj_names = tuple(n for n in "kvq" if not static[n]) + ("eta",) + (("alpha",) if retention else ())
+        self.proj_names = (tuple(n for n in "kvq" if not static[n]) + ("eta",)
+                           + (("alpha",) if rule.retention else ()))
         self.static_names = tuple(n for n in "kvq" if static[n])
         self.W_in = nn.Linear(d_model, d_model, bias=False)
         self.static = nn.ParameterDict({n: nn.Parameter(torch.randn(H, D, D) / math.sqrt(D))
                                         for n in self.static_names})
-        self.proj = MemoryBank(proj_memory, len(self.proj_names), H, D, expansion, activation,
-                               w1_std=proj_w1_std, linear_init="random", impl=impl,
-                               hidden_norm=hidden_norm, mean_step=mean_step,
-                               momentum_norm=momentum_norm, recompute=recompute)
+        self.proj = MemoryBank(proj_rule, len(self.proj_names), H, D, w1_std=proj_w1_std,
+                               linear_init="random", impl=impl)
         # the identity start (W1 = 0, or W = I): a zero linear memory would be a fixed point of
         # self-generated targets (target M_c(v) = 0, no error, no update)
-        self.memory = MemoryBank(memory, 1, H, D, expansion, activation, w1_std=0.0,
-                                 linear_init="identity", impl=impl, hidden_norm=hidden_norm,
-                                 mean_step=mean_step, momentum_norm=momentum_norm, recompute=recompute)
+        self.memory = MemoryBank(rule, 1, H, D, w1_std=0.0, linear_init="identity", impl=impl)
         self.convs = nn.ModuleDict({n: CausalConv1d(d_model, conv_size) for n in "kvq"})
         self.w_eta = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
         self.b_eta = nn.Parameter(torch.full((H,), float(eta_bias)))
-        if retention:
+        if rule.retention:
             self.w_alpha = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
             self.b_alpha = nn.Parameter(torch.full((H,), float(alpha_bias)))
-        self.W_beta = nn.Linear(d_model, H) if momentum else None
-        if momentum:
+        self.W_beta = nn.Linear(d_model, H) if rule.momentum else None
+        if rule.momentum:
             nn.init.constant_(self.W_beta.bias, beta_bias)
         self.norm_weight = nn.Parameter(torch.ones(H, D))
         self.W_g = nn.Linear(d_model, d_model, bias=False)
@@ -141,7 +132,7 @@ class SelfModifyingTitans(nn.Module):
         """
         B, L, H, D = xh.shape
         P = len(self.proj_names)
-        rd = self.proj.read_start(proj, xh.repeat(1, 1, P, 1)).view(B, L, P, H, D)
+        rd = self.proj.read_start(proj, xh).view(B, L, P, H, D)           # every memory reads x_h
         idx = {n: i for i, n in enumerate(self.proj_names)}
         out = {}
         for n in "kvq":
@@ -149,8 +140,8 @@ class SelfModifyingTitans(nn.Module):
             y, conv[n] = self.convs[n](c.reshape(B, L, H * D), conv[n])
             y = y.view(B, L, H, D)
             out[n] = y if n == "v" and not self.normalize_v else F.normalize(y, dim=-1, eps=self.eps)
-        eta = self.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
-        if self.retention:
+        eta = self.rule.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
+        if self.rule.retention:
             alpha = torch.sigmoid((rd[:, :, idx["alpha"]] * self.w_alpha).sum(-1) + self.b_alpha)
         else:
             alpha = eta.new_ones(eta.shape)
@@ -163,29 +154,28 @@ class SelfModifyingTitans(nn.Module):
             state = self.init_state(B)
         H, D, P = self.n_heads, self.head_dim, len(self.proj_names)
         xh = self.W_in(x).view(B, T, H, D)
-        beta = torch.sigmoid(self.W_beta(x)) if self.momentum else x.new_zeros(B, T, H)
+        beta = torch.sigmoid(self.W_beta(x)) if self.rule.momentum else x.new_zeros(B, T, H)
         raw = {n: torch.einsum("bthd,hed->bthe", xh, self.static[n]) for n in self.static_names}
         conv = dict(state["conv"])
         proj, mem = state["proj"], state["mem"]
         # the projection memories, chunk by chunk: chunk c's k, v, q, eta, alpha come from their
         # chunk-start states, and each memory learns from chunk c with its self-generated targets
         ks, vs, qs, etas, alphas = [], [], [], [], []
-        for t0, t1 in chunk_ranges(T, self.chunk_proj, proj.pos):
+        for t0, t1 in chunk_ranges(T, self.proj_rule.chunk_size, proj.pos):
             k, v, q, eta, alpha = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
-            kP = k.repeat(1, 1, P, 1)                                   # every memory reads k, v
-            target = self.proj.read_start(proj, v.repeat(1, 1, P, 1))  # M_box,c(v_t)
+            target = self.proj.read_start(proj, v)                      # M_box,c(v_t), every memory
+            kP = k.repeat(1, 1, P, 1)                                   # every memory learns on k
             # no queries (zero heads): the projection memories only learn, nothing is read
             _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta.repeat(1, 1, P),
-                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
-                                       self.chunk_proj, self.dgd)
+                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P))
             ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha)
         k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
         # the main memory: its targets M_mem,c'(v_t) need its chunk-start states, one op call per chunk
         outs = []
-        for t0, t1 in chunk_ranges(T, self.chunk_mem, mem.pos):
+        for t0, t1 in chunk_ranges(T, self.rule.chunk_size, mem.pos):
             target = self.memory.read_start(mem, v[:, t0:t1])
             o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
-                                        alpha[:, t0:t1], beta[:, t0:t1], self.chunk_mem, self.dgd)
+                                        alpha[:, t0:t1], beta[:, t0:t1])
             outs.append(o)
         o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, D)
         o = F.rms_norm(o, (D,), eps=self.eps) * self.norm_weight

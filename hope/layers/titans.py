@@ -19,6 +19,7 @@ from torch import nn
 
 from hope.layers.conv import CausalConv1d
 from hope.layers.memory import MemoryBank
+from hope.ops.rule import InnerRule
 
 
 class TitansMixer(nn.Module):
@@ -27,54 +28,37 @@ class TitansMixer(nn.Module):
     Args:
         d_model: model width.
         n_heads: H, head_dim = d_model / H; one memory per head.
-        memory: "mlp" (residual MLP memory, default) or "linear".
-        expansion: hidden width of the MLP memory is expansion * head_dim.
-        chunk_size: C, the mini-batch of the inner rule (gradients at the chunk-start state).
-        dgd: Delta Gradient Descent factor on the key-reading layer (off: Titans' rule).
-        momentum: off sets beta = 0 (and drops W_beta).
-        retention: off sets alpha = 1 (and drops W_alpha).
-        eta_max: eta = eta_max * sigmoid(.) (keep eta ||k||^2 = eta well below 1).
-        activation: sigma of the MLP memory, "gelu" or "silu".
-        hidden_norm: normalize the MLP memory's W1 step by `max(1, ||sigma(W2 k)||^2)`.
-        mean_step: a chunk steps by eta times its mean gradient (per-token eta / chunk_size).
-        momentum_norm: momentum as a running mean, `S = beta S - (1 - beta) eta g` (opt-in).
+        rule: the memory's inner rule (`hope.ops.rule.InnerRule`; default: an MLP memory with
+            Titans' rule, no DGD). Its `momentum` off sets beta = 0 (and drops W_beta), its
+            `retention` off sets alpha = 1 (and drops W_alpha), `eta = eta_max * sigmoid(.)`.
         conv_size: width of the causal depthwise convolutions.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
-        recompute: keep only chunk-start memory states for the backward and recompute each chunk
-            there (activation memory grows with chunks x state, for one more forward of the ops).
         eta_bias, alpha_bias, beta_bias: initial biases of the gate maps (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         eps: epsilon of the per-head RMSNorm and the L2 normalization.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, memory: str = "mlp", expansion: int = 2,
-                 chunk_size: int = 16, dgd: bool = False, momentum: bool = True,
-                 retention: bool = True, eta_max: float = 0.5, activation: str = "gelu",
-                 hidden_norm: bool = True, mean_step: bool = True,
-                 momentum_norm: bool = False, conv_size: int = 4, impl: str = "chunk",
-                 recompute: bool = False, eta_bias: float = -2.0,
+    def __init__(self, d_model: int, n_heads: int, rule: InnerRule = InnerRule(dgd=False), *,
+                 conv_size: int = 4, impl: str = "chunk", eta_bias: float = -2.0,
                  alpha_bias: float = 8.0, beta_bias: float = 0.0, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
-        self.chunk_size, self.dgd, self.momentum, self.retention = int(chunk_size), dgd, momentum, retention
-        self.eta_max, self.eps = eta_max, eps
+        self.rule, self.eps = rule, eps
         self.W_k = nn.Linear(d_model, d_model, bias=False)
         self.W_v = nn.Linear(d_model, d_model, bias=False)
         self.W_q = nn.Linear(d_model, d_model, bias=False)
         self.convs = nn.ModuleDict({n: CausalConv1d(d_model, conv_size) for n in "kvq"})
         self.W_eta = nn.Linear(d_model, n_heads)
         nn.init.constant_(self.W_eta.bias, eta_bias)
-        self.W_alpha = nn.Linear(d_model, n_heads) if retention else None
-        self.W_beta = nn.Linear(d_model, n_heads) if momentum else None
+        self.W_alpha = nn.Linear(d_model, n_heads) if rule.retention else None
+        self.W_beta = nn.Linear(d_model, n_heads) if rule.momentum else None
         for lin, b in ((self.W_alpha, alpha_bias), (self.W_beta, beta_bias)):
             if lin is not None:
                 nn.init.constant_(lin.bias, b)
-        self.memory = MemoryBank(memory, 1, n_heads, self.head_dim, expansion, activation,
-                                 w1_std=0.0, linear_init="zeros", impl=impl,
-                                 hidden_norm=hidden_norm, mean_step=mean_step,
-                                 momentum_norm=momentum_norm, recompute=recompute)
+        self.memory = MemoryBank(rule, 1, n_heads, self.head_dim, w1_std=0.0, linear_init="zeros",
+                                 impl=impl)
         self.norm_weight = nn.Parameter(torch.ones(n_heads, self.head_dim))
         self.W_g = nn.Linear(d_model, d_model, bias=False)
         self.W_o = nn.Linear(d_model, d_model, bias=False)
@@ -88,9 +72,9 @@ class TitansMixer(nn.Module):
 
     def gates(self, x: torch.Tensor):
         """eta, alpha, beta: [B, T, H] from x: [B, T, d_model]."""
-        eta = self.eta_max * torch.sigmoid(self.W_eta(x))
-        alpha = torch.sigmoid(self.W_alpha(x)) if self.retention else eta.new_ones(eta.shape)
-        beta = torch.sigmoid(self.W_beta(x)) if self.momentum else eta.new_zeros(eta.shape)
+        eta = self.rule.eta_max * torch.sigmoid(self.W_eta(x))
+        alpha = torch.sigmoid(self.W_alpha(x)) if self.rule.retention else eta.new_ones(eta.shape)
+        beta = torch.sigmoid(self.W_beta(x)) if self.rule.momentum else eta.new_zeros(eta.shape)
         return eta, alpha, beta
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +96,5 @@ class TitansMixer(nn.Module):
         k = F.normalize(kvq["k"], dim=-1, eps=self.eps)
         q = F.normalize(kvq["q"], dim=-1, eps=self.eps)
         eta, alpha, beta = self.gates(x)
-        o, mem = self.memory.update(state["mem"], q, k, kvq["v"], eta, alpha, beta,
-                                    self.chunk_size, self.dgd)
+        o, mem = self.memory.update(state["mem"], q, k, kvq["v"], eta, alpha, beta)
         return self.output(o, x), {"mem": mem, "conv": conv, "t": state["t"] + T}

@@ -10,12 +10,13 @@ config field: `dgd`, `momentum`, `retention`, `cms`, `static_k`, `static_v`, `st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hope.layers.self_modifying import SelfModifyingTitans
 from hope.models.common import CMSLanguageModel, MixerCMSBlock
 from hope.models.hope_attention import build_cms, check_cms_fields
 from hope.models.titans import check_mixer_fields
+from hope.ops.rule import InnerRule
 
 
 @dataclass
@@ -51,6 +52,15 @@ class HopeConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
 
+    def rules(self) -> tuple[InnerRule, InnerRule]:
+        """(main memory's, projection memories') inner rules, from the flat fields above."""
+        main = InnerRule(kind=self.memory, expansion=self.expansion, activation=self.activation,
+                         chunk_size=self.chunk_mem, dgd=self.dgd, momentum=self.momentum,
+                         retention=self.retention, eta_max=self.eta_max, hidden_norm=self.hidden_norm,
+                         mean_step=self.mean_step, momentum_norm=self.momentum_norm,
+                         recompute=self.recompute)
+        return main, replace(main, kind=self.proj_memory, chunk_size=self.chunk_proj)
+
     def __post_init__(self) -> None:
         check_mixer_fields(self)
         check_cms_fields(self)
@@ -61,12 +71,7 @@ class Hope(CMSLanguageModel):
 
     def __init__(self, cfg: HopeConfig):
         blocks = [MixerCMSBlock(
-            SelfModifyingTitans(cfg.d_model, cfg.n_heads, memory=cfg.memory, proj_memory=cfg.proj_memory,
-                                expansion=cfg.expansion, chunk_proj=cfg.chunk_proj, chunk_mem=cfg.chunk_mem,
-                                dgd=cfg.dgd, momentum=cfg.momentum, retention=cfg.retention, static_k=cfg.static_k,
-                                static_v=cfg.static_v, static_q=cfg.static_q, eta_max=cfg.eta_max,
-                                activation=cfg.activation, hidden_norm=cfg.hidden_norm,
-                        mean_step=cfg.mean_step,
-                        momentum_norm=cfg.momentum_norm, recompute=cfg.recompute, eps=cfg.norm_eps),
+            SelfModifyingTitans(cfg.d_model, cfg.n_heads, *cfg.rules(), static_k=cfg.static_k,
+                                static_v=cfg.static_v, static_q=cfg.static_q, eps=cfg.norm_eps),
             build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

@@ -14,6 +14,7 @@ from hope.errors import HopeError
 from hope.layers.cms import CMS
 from hope.layers.titans import TitansMixer
 from hope.models.common import CMSLanguageModel, MixerCMSBlock
+from hope.ops.rule import InnerRule
 
 
 @dataclass
@@ -38,6 +39,14 @@ class TitansConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
+
+    def rule(self) -> InnerRule:
+        """The memory's inner rule, from the flat fields above."""
+        return InnerRule(kind=self.memory, expansion=self.expansion, activation=self.activation,
+                         chunk_size=self.chunk_size, dgd=self.dgd, momentum=self.momentum,
+                         retention=self.retention, eta_max=self.eta_max, hidden_norm=self.hidden_norm,
+                         mean_step=self.mean_step, momentum_norm=self.momentum_norm,
+                         recompute=self.recompute)
 
     def __post_init__(self) -> None:
         check_mixer_fields(self)
@@ -65,11 +74,7 @@ class Titans(CMSLanguageModel):
 
     def __init__(self, cfg: TitansConfig):
         blocks = [MixerCMSBlock(
-            TitansMixer(cfg.d_model, cfg.n_heads, memory=cfg.memory, expansion=cfg.expansion, chunk_size=cfg.chunk_size,
-                        dgd=cfg.dgd, momentum=cfg.momentum, retention=cfg.retention, eta_max=cfg.eta_max,
-                        activation=cfg.activation, hidden_norm=cfg.hidden_norm,
-                        mean_step=cfg.mean_step,
-                        momentum_norm=cfg.momentum_norm, recompute=cfg.recompute, eps=cfg.norm_eps),
+            TitansMixer(cfg.d_model, cfg.n_heads, cfg.rule(), eps=cfg.norm_eps),
             CMS(cfg.d_model, cfg.ffn_hidden, (None,), norm_eps=cfg.norm_eps),  # one static level = a SwiGLU MLP
             cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

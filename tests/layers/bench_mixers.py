@@ -10,10 +10,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+from mixer_support import selfmod, titans
 from torch import nn
-
-from hope.layers.self_modifying import SelfModifyingTitans
-from hope.layers.titans import TitansMixer
 
 B, T, D, H = 8, 256, 192, 4
 
@@ -36,8 +34,8 @@ def parse(cfg):
     for item in kv:
         k, v = item.split("=")
         kw[k] = int(v) if v.isdigit() else (v == "True") if v in ("True", "False") else v
-    return {"attn": lambda: Attention(), "titans": lambda: TitansMixer(D, H, **kw),
-            "selfmod": lambda: SelfModifyingTitans(D, H, **kw)}[name]()
+    return {"attn": lambda: Attention(), "titans": lambda: titans(D, H, **kw),
+            "selfmod": lambda: selfmod(D, H, **kw)}[name]()
 
 
 def bench(m, device, n=3):

@@ -4,6 +4,8 @@ token-by-token == whole, and gradients reaching every parameter under every abla
 import pytest
 import torch
 
+from mixer_support import BUILDERS, selfmod, titans
+
 from hope.layers.self_modifying import SelfModifyingTitans
 from hope.layers.state import detach_state, tree_map
 from hope.layers.titans import TitansMixer
@@ -11,18 +13,18 @@ from hope.layers.titans import TitansMixer
 D_MODEL, HEADS, T = 16, 2, 40
 
 LAYERS = {
-    "titans": lambda **kw: TitansMixer(D_MODEL, HEADS, chunk_size=8, **kw),
-    "titans-linear-dgd": lambda **kw: TitansMixer(D_MODEL, HEADS, chunk_size=4, memory="linear",
+    "titans": lambda **kw: titans(D_MODEL, HEADS, chunk_size=8, **kw),
+    "titans-linear-dgd": lambda **kw: titans(D_MODEL, HEADS, chunk_size=4, memory="linear",
                                                   dgd=True, **kw),
-    "selfmod": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8, **kw),
-    "selfmod-proj8-mem4": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=8, chunk_mem=4,
+    "selfmod": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8, **kw),
+    "selfmod-proj8-mem4": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=8, chunk_mem=4,
                                                            **kw),
-    "selfmod-fused": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=4, **kw),
-    "selfmod-fused-linear": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=8, chunk_mem=8,
+    "selfmod-fused": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=4, **kw),
+    "selfmod-fused-linear": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=8, chunk_mem=8,
                                                              memory="linear", proj_memory="linear", **kw),
-    "selfmod-linear": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
+    "selfmod-linear": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
                                                        memory="linear", proj_memory="linear", **kw),
-    "selfmod-static-q-silu": lambda **kw: SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
+    "selfmod-static-q-silu": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
                                                               static_q=True, activation="silu", **kw),
 }
 
@@ -130,7 +132,7 @@ def check_grads(layer):
 @pytest.mark.parametrize("ablation", list(SELFMOD_ABLATIONS))
 def test_selfmod_gradients_reach_every_parameter(ablation, chunk_mem):
     torch.manual_seed(0)
-    layer = SelfModifyingTitans(D_MODEL, HEADS, chunk_proj=4, chunk_mem=chunk_mem,
+    layer = selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=chunk_mem,
                                 **SELFMOD_ABLATIONS[ablation]).double()
     check_grads(layer)
 
@@ -138,14 +140,14 @@ def test_selfmod_gradients_reach_every_parameter(ablation, chunk_mem):
 @pytest.mark.parametrize("ablation", list(TITANS_ABLATIONS))
 def test_titans_gradients_reach_every_parameter(ablation):
     torch.manual_seed(0)
-    layer = TitansMixer(D_MODEL, HEADS, chunk_size=8, **TITANS_ABLATIONS[ablation]).double()
+    layer = titans(D_MODEL, HEADS, chunk_size=8, **TITANS_ABLATIONS[ablation]).double()
     check_grads(layer)
 
 
 def test_selfmod_ablation_structure():
-    full = SelfModifyingTitans(D_MODEL, HEADS)
+    full = selfmod(D_MODEL, HEADS)
     assert full.proj_names == ("k", "v", "q", "eta", "alpha")
-    abl = SelfModifyingTitans(D_MODEL, HEADS, static_k=True, static_q=True, retention=False,
+    abl = selfmod(D_MODEL, HEADS, static_k=True, static_q=True, retention=False,
                               momentum=False)
     assert abl.proj_names == ("v", "eta") and abl.static_names == ("k", "q")
     assert abl.W_beta is None and not hasattr(abl, "w_alpha")
@@ -182,7 +184,7 @@ def test_state_detach_and_init_state_shapes():
 def test_long_stream_stays_bounded_at_init(layer_cls):
     """float32, default options, 1024 tokens of random input in pieces: no blow-up of the memories."""
     torch.manual_seed(0)
-    layer = layer_cls(32, 2)
+    layer = BUILDERS[layer_cls](32, 2)
     x = torch.randn(1, 1024, 32)
     state = None
     with torch.no_grad():
@@ -215,7 +217,7 @@ def test_saturated_eta_on_parallel_keys_stays_bounded(layer_cls):
 
     def peak(**kw):
         torch.manual_seed(0)
-        layer = layer_cls(64, 2, eta_bias=20.0, **kw)
+        layer = BUILDERS[layer_cls](64, 2, eta_bias=20.0, **kw)
         with torch.no_grad():
             y, state = layer(x)
         leaves = []
@@ -234,7 +236,7 @@ def test_momentum_norm_keeps_repeated_input_bounded():
 
     def peak(**kw):
         torch.manual_seed(0)
-        layer = SelfModifyingTitans(64, 2, eta_bias=20.0, beta_bias=2.0, **kw)
+        layer = selfmod(64, 2, eta_bias=20.0, beta_bias=2.0, **kw)
         with torch.no_grad():
             _, state = layer(x)
         leaves = []
@@ -264,3 +266,21 @@ def test_recompute_equals_saving_everything(name):
     assert_states_close(outs[1][1], outs[0][1])
     for (n, p), pr in zip(plain.named_parameters(), rec.parameters()):
         torch.testing.assert_close(pr.grad, p.grad, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_inner_rule_is_checked_and_built_from_the_model_configs():
+    from hope.models.hope import HopeConfig
+    from hope.models.titans import TitansConfig
+    from hope.ops.rule import InnerRule
+
+    for bad in ({"kind": "deep"}, {"chunk_size": 0}, {"eta_max": 1.0}, {"activation": "relu"}):
+        with pytest.raises(ValueError, match="InnerRule"):
+            InnerRule(**bad)
+    main, proj = HopeConfig(proj_memory="linear", chunk_proj=8, chunk_mem=32, dgd=False).rules()
+    assert (main.kind, main.chunk_size, proj.kind, proj.chunk_size) == ("mlp", 32, "linear", 8)
+    assert not main.dgd and not proj.dgd and main.momentum_norm
+    assert TitansConfig(memory="linear", chunk_size=4).rule() == InnerRule(
+        kind="linear", chunk_size=4, dgd=False, momentum_norm=False)
+    # the eta, alpha, beta gates are shared by all six memories of the self-modifying layer
+    with pytest.raises(ValueError, match="proj_rule.retention must equal rule.retention"):
+        SelfModifyingTitans(D_MODEL, HEADS, InnerRule(), InnerRule(retention=False))
