@@ -6,9 +6,11 @@ for training); both share one signature and one state type.
 
 from hope.ops.linear_memory import chunk_linear_memory, naive_recurrent_linear_memory
 from hope.ops.mlp_memory import chunk_mlp_memory, naive_recurrent_mlp_memory
-from hope.ops.utils import LinearMemoryState, MLPMemoryState
+from hope.ops.rule import InnerRule
+from hope.ops.state import LinearMemoryState, MLPMemoryState
 
 __all__ = [
+    "InnerRule",
     "LinearMemoryState",
     "MLPMemoryState",
     "chunk_linear_memory",

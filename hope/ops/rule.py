@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hope.ops.utils import ACTIVATIONS, OBJECTIVES
+from hope.ops.checks import ACTIVATIONS, OBJECTIVES
 
 KINDS = ("mlp", "linear")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hope.ops import chunk_linear_memory, chunk_mlp_memory
-from hope.ops.utils import LinearMemoryState, MLPMemoryState
+from hope.ops.state import LinearMemoryState, MLPMemoryState
 
 B, H, D, C = 2, 2, 8, 4
 

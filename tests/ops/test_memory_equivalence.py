@@ -112,7 +112,7 @@ def test_hidden_norm_step():
     and W2 exactly as without the normalization."""
     import torch
     from hope.ops import MLPMemoryState, naive_recurrent_mlp_memory
-    from hope.ops.utils import activation
+    from hope.ops.checks import activation
 
     g = torch.Generator().manual_seed(0)
     D, E = 4, 8

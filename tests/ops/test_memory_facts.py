@@ -166,7 +166,7 @@ def test_bf16_autocast_keeps_float32_state(kind, bound):
 def test_state_step_gradients_match_autograd(with_s):
     """The hand-written backward of the chunk-end update `a W + b S + G^T K` equals autograd's
     (float64), also for a state broadcast from a shared initial state."""
-    from hope.ops.utils import state_step
+    from hope.ops.state import state_step
     g = torch.Generator().manual_seed(0)
     B, H, Do, Di, C = 2, 3, 5, 4, 6
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731

@@ -2,7 +2,7 @@
 
 Every state-independent quantity (decays, the DGD triangular solve, the read operators, and
 the values' share of the error) is built for all chunks at once; the loop over chunks then runs
-a few matrix products per chunk (`pair_projections`, `keyed_step` in `hope/ops/utils.py`)
+a few matrix products per chunk (`pair_projections`, `keyed_step` in `hope/ops/operators.py`)
 on the weights W and momentum S. It equals `naive_recurrent_linear_memory` to rounding.
 
 einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a chunk.
@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, chunk_decays, expand_state,
-                            from_chunks, keyed_operators, keyed_step, loop_operators,
-                            operator_queries, pair_projections, read_heads, run_step,
-                            split_segments, state_dtype, to_chunks)
+from hope.ops.checks import check_inputs, operator_queries, read_heads
+from hope.ops.chunking import from_chunks, run_step, split_segments, to_chunks
+from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
+from hope.ops.state import LinearMemoryState, check_pos, expand_state, state_dtype
 
 
 def chunk_linear_memory(
@@ -61,7 +61,7 @@ def chunk_linear_memory(
             (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
         recompute: save only each chunk's start state for the backward and recompute the chunk
             there (`torch.utils.checkpoint`; see `chunk_mlp_memory`).
-        compile: run the per-chunk step under `torch.compile` (`hope.ops.utils.compiled`); the
+        compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
             results equal eager to float rounding (tests/ops/test_compile.py).
     Returns:
         o: [B, T, Hq, D] reads `o_t = W_t q_t` of the last Hq heads.
@@ -109,9 +109,9 @@ def _linear_chunk(W, S, W0, lop, c_n, k_n, q_n, v_n, *, r, objective):
     KT, KS = pair_projections(k_n, W, S)
     QT, QS = pair_projections(q_n, W[:, r], S[:, r])
     if W0 is None:
-        W0, KT0 = W, KT                                                     # chunk-start state
+        W0, K_start = W, KT                                                     # chunk-start state
     else:
-        KT0 = k_n @ W0.transpose(-1, -2)
-    U = KT0 - v_n if objective == "l2" else -v_n
+        K_start = k_n @ W0.transpose(-1, -2)
+    U = K_start - v_n if objective == "l2" else -v_n
     o, W_next, S_next = keyed_step(lop, k_n, W, S, KT, KS, QT, QS, U, const=c_n)
     return o, W_next, S_next, W0

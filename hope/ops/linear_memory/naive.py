@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (LinearMemoryState, check_inputs, check_pos, expand_state, read_heads,
-                            state_dtype)
+from hope.ops.checks import check_inputs, read_heads
+from hope.ops.state import LinearMemoryState, check_pos, expand_state, state_dtype
 
 
 def naive_recurrent_linear_memory(

@@ -1,7 +1,7 @@
 """Chunk-parallel inner learning rule on an MLP memory (SPEC section 3; derivation in README.md).
 
 `M(x) = x + W1 sigma(W2 x)`. Per chunk the read is two chained linear-memory reads: W2 (a keyed
-layer with DGD, operators built for all chunks at once, see `hope/ops/utils.py`) read with q,
+layer with DGD, operators built for all chunks at once, see `hope/ops/operators.py`) read with q,
 then W1 (plain retention, gradient keys `z_s = sigma(W2_0 k_s)`) read with `sigma(W2_t q_t)`:
 the TTT "dual form", a masked C x C product per chunk, with no per-token weights.
 
@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, chunk_decays,
-                            expand_state, from_chunks, hidden_scale, keyed_operators, keyed_step,
-                            loop_operators, operator_queries, pair_projections, read_heads,
-                            run_step, split_segments, state_dtype, state_step, to_chunks)
+from hope.ops.checks import activation, check_inputs, hidden_scale, operator_queries, read_heads
+from hope.ops.chunking import from_chunks, run_step, split_segments, to_chunks
+from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
+from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype, state_step
 
 
 def chunk_mlp_memory(
@@ -70,7 +70,7 @@ def chunk_mlp_memory(
         recompute: save only each chunk's start state for the backward and recompute the chunk
             there (`torch.utils.checkpoint`): activation memory grows with chunks x state instead
             of with every intermediate of every chunk, for one more forward of the op.
-        compile: run the per-chunk step under `torch.compile` (`hope.ops.utils.compiled`); the
+        compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
             results equal eager to float rounding (tests/ops/test_compile.py).
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)` of the last Hq heads.
@@ -97,15 +97,16 @@ def chunk_mlp_memory(
         qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
         etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
         dec = chunk_decays(alphac, betac)
-        getac = etac * (1 - betac) if momentum_norm else etac              # rate of the gradients
-        ops = keyed_operators(kc, qoc, etac, dec, dgd, getac)               # W2: keys k, queries q
+        grad_rate = etac * (1 - betac) if momentum_norm else etac        # rate of the gradients
+        ops = keyed_operators(kc, qoc, etac, dec, dgd, grad_rate)         # W2: keys k, queries q
         # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
-        e_eta = dec.E * getac.unsqueeze(-2)                                  # [B, H, N, L, L]
+        grad_weight = dec.E * grad_rate.unsqueeze(-2)                      # [B, H, N, L, L]: E[t,s] eta_s
         seg = []
-        for lop, k_n, q_n, v_n, ee_n in zip(loop_operators(ops, u_column=True).chunks(), kc.unbind(2),
-                                            qc.unbind(2), vc.unbind(2), e_eta.unbind(2)):
+        for lop, k_n, q_n, v_n, grad_weight_n in zip(loop_operators(ops, u_column=True).chunks(),
+                                                     kc.unbind(2), qc.unbind(2), vc.unbind(2),
+                                                     grad_weight.unbind(2)):
             args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
-                    q_n, v_n, ee_n)
+                    q_n, v_n, grad_weight_n)
             # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail
             # chunk, once per call at most, runs eager
             o_n, W1, W2, S1, S2, W1_0, W2_0 = run_step(
@@ -120,7 +121,7 @@ def chunk_mlp_memory(
     return o, (final if output_final_state else None)
 
 
-def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, ee_n, *, r, sigma, dsigma,
+def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, *, r, sigma, dsigma,
                objective, hidden_norm):
     """One chunk of the MLP memory: reads `[B, Hq, L, D]` and the next W1, W2, S1, S2.
 
@@ -143,9 +144,9 @@ def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, ee_n, *, r, sigma
     # W1, dual form: o1_t = W1_t sigma(hq_t), with hq_t = W2_t q_t (keyed, DGD)
     hq, W2, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
     zq = sigma(hq)                                                          # [B, Hq, L, E]
-    QW, QS1 = pair_projections(zq, W1[:, r], S1[:, r])                      # [B, Hq, L, D]
-    o1 = (QW * lop.gamma[:, r] + QS1 * lop.m[:, r]
-          - (ee_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])
+    ZQ_W1, ZQ_S1 = pair_projections(zq, W1[:, r], S1[:, r])                # [B, Hq, L, D]
+    o1 = (ZQ_W1 * lop.gamma[:, r] + ZQ_S1 * lop.m[:, r]
+          - (grad_weight_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])
     W1, S1 = (state_step(W1, lop.gamma_C, S1, lop.m_C, -lop.e_last * err, z),
               state_step(S1, lop.P_C, None, None, -lop.d_last * err, z))
     return q_n + o1, W1, W2, S1, S2, W1_0, W2_0

@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from hope.ops.utils import (MLPMemoryState, activation, check_inputs, check_pos, read_heads, state_dtype,
-                            expand_state, hidden_scale)
+from hope.ops.checks import activation, check_inputs, hidden_scale, read_heads
+from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype
 
 
 def naive_recurrent_mlp_memory(
@@ -107,9 +107,9 @@ def naive_recurrent_mlp_memory(
         g1_t = outer(err1_t, z_t)                                # [B, H, D, E]
         g2_t = outer(delta_t, k_t)                               # [B, H, E, D]
         # S_t = beta_t S_{t-1} - eta_t g_t
-        geta_t = eta_t * (1 - beta_t) if momentum_norm else eta_t
-        S1 = beta_t * S1 - geta_t * g1_t
-        S2 = beta_t * S2 - geta_t * g2_t
+        grad_rate_t = eta_t * (1 - beta_t) if momentum_norm else eta_t
+        S1 = beta_t * S1 - grad_rate_t * g1_t
+        S2 = beta_t * S2 - grad_rate_t * g2_t
         # Theta_t = Theta_{t-1} A_t + S_t: W1 plain retention, W2 DGD when enabled
         W1 = alpha_t * W1 + S1
         W2A = alpha_t * W2

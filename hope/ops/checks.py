@@ -1,0 +1,84 @@
+"""Input checks of the memory ops, which heads they read, and the MLP memory's activations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("l2", "dot")
+ACTIVATIONS = ("gelu", "silu")
+
+def check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective):
+    """Validate shapes and flags shared by every memory op; return (B, T, H, D).
+
+    `q` may have fewer heads than `k` and `v` (`[B, T, Hq, D]`, `0 <= Hq <= H`): the op then reads
+    only the last Hq heads (see `read_heads`).
+    """
+    if k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"k, v must share a [B, T, H, D] shape, got {tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, H, D = k.shape
+    if q.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != D or q.shape[2] > H:
+        raise ValueError(f"q must be [B, T, Hq, D] = [{B}, {T}, <= {H}, {D}] (reads of the last Hq "
+                         f"heads), got {tuple(q.shape)}")
+    for name, g in (("eta", eta), ("alpha", alpha), ("beta", beta)):
+        if g.shape != (B, T, H):
+            raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}, got {tuple(g.shape)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return B, T, H, D
+
+
+def read_heads(q: torch.Tensor, H: int) -> slice:
+    """The heads an op reads: the last `Hq = q.shape[2]` of its `H` (all of them when Hq == H).
+
+    Stacked memories whose reads are not needed (e.g. Hope's projection memories, which only
+    learn) go first and cost no read at all.
+    """
+    return slice(H - q.shape[2], H)
+
+
+def operator_queries(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Queries for every head, `[B, T, H, D]`, to build the chunk operators with: `q` on the read
+    heads, `k` on the unread ones (their read rows are built, cheap at C x C, and never used)."""
+    H = k.shape[2]
+    return q if q.shape[2] == H else torch.cat([k[:, :, :read_heads(q, H).start], q], dim=2)
+
+
+def hidden_scale(z: torch.Tensor) -> torch.Tensor:
+    """`max(1, ||z||^2)` over the last axis: the divisor of W1's step under `hidden_norm`."""
+    return z.square().sum(-1).clamp(min=1.0)
+
+
+def _gelu(h):
+    return F.gelu(h)  # exact (erf) GELU
+
+
+def _dgelu(h):
+    cdf = 0.5 * (1.0 + torch.erf(h * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * h * h) * (1.0 / math.sqrt(2.0 * math.pi))
+    return cdf + h * pdf
+
+
+def _silu(h):
+    return F.silu(h)
+
+
+def _dsilu(h):
+    s = torch.sigmoid(h)
+    return s * (1.0 + h * (1.0 - s))
+
+
+# module-level functions (not closures made per call), so a compiled chunk step sees the same
+# function objects on every call and is not recompiled
+_ACTIVATIONS = {"gelu": (_gelu, _dgelu), "silu": (_silu, _dsilu)}
+
+
+def activation(name: str):
+    """Return `(sigma, dsigma)` for the MLP memory; both are differentiable torch expressions."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+    return _ACTIVATIONS[name]

@@ -1,0 +1,90 @@
+"""How the ops cut a call into chunks and run one chunk: layouts, segments, compile, recompute.
+
+einops legend: b batch, t tokens, h heads, d feature, n chunks, c tokens of a chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+
+@functools.cache
+def compiled(step):
+    """`step` (a chunk step of an op) under `torch.compile` (inductor), built once per function.
+
+    Inductor fuses the step's elementwise work on states and chunk tensors into a few kernels and
+    plans its memory; the same compiled step serves every full chunk of every layer of one shape.
+    The first call of each variant compiles (tens of seconds on CPU): a variant per shape, per
+    read-head slice, per grad mode, and per which state tensors require grad (a fresh state's
+    zero momentum does not), so the limit of compiled variants per function is raised to 64.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(step, dynamic=False)
+
+
+def _contiguous(x):
+    if isinstance(x, torch.Tensor):
+        return x.contiguous()
+    if isinstance(x, tuple) and hasattr(x, "_fields"):                       # operator NamedTuples
+        return type(x)(*(_contiguous(y) for y in x))
+    return x
+
+
+def run_step(step, args, *, compile: bool = False, recompute: bool = False, **kwargs):
+    """One chunk of an op: `step(*args, **kwargs)`, compiled and/or recomputed in the backward.
+
+    compile: through `compiled(step)`, with every tensor argument made contiguous first (a chunk
+        sliced out of a segment has strides that depend on the segment's length, and an expanded
+        meta-learned state has zero strides: each would be a new compiled variant).
+    recompute: under `torch.utils.checkpoint` when autograd records, so that the backward keeps
+        only the chunk's inputs (its start state) and recomputes the rest.
+    """
+    fn = step
+    if compile:
+        fn, args = compiled(step), tuple(_contiguous(a) for a in args)
+    fn = functools.partial(fn, **kwargs)
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, ...] with T = N*C -> [B, H, N, C, ...]."""
+    if x.dim() == 3:
+        return rearrange(x, "b (n c) h -> b h n c", c=C)
+    return rearrange(x, "b (n c) h d -> b h n c d", c=C)
+
+
+def from_chunks(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, C, D] -> [B, N*C, H, D]."""
+    return rearrange(x, "b h n c d -> b (n c) h d")
+
+
+def split_segments(T: int, C: int, pos: int = 0):
+    """Token ranges processed with one set of chunk operators, as `(t0, t1, L, resumed)`.
+
+    Mini-batch boundaries sit at multiples of C from the start of the stream. A call that resumes
+    `pos` tokens into a chunk first finishes that chunk (`resumed=True`: its gradients are taken
+    at the saved chunk-start state); then come the full chunks, then a shorter tail chunk with
+    its own operators. Padding instead of a tail would corrupt the final state, since momentum is
+    added at every token.
+    """
+    segs = []
+    t0 = 0
+    if pos:
+        t1 = min(C - pos, T)
+        segs.append((0, t1, t1, True))
+        t0 = t1
+    n_full = (T - t0) // C
+    if n_full:
+        segs.append((t0, t0 + n_full * C, C, False))
+        t0 += n_full * C
+    if T > t0:
+        segs.append((t0, T, T - t0, False))
+    return segs
