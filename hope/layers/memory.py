@@ -21,7 +21,7 @@ from torch import nn
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
 from hope.ops.rule import InnerRule
-from hope.ops.utils import activation as _activation
+from hope.ops.checks import activation as _activation
 
 IMPLS = ("chunk", "naive")
 _OPS = {
