@@ -12,8 +12,14 @@ policy each of the chunk loop's many small multi-threaded ops can wait out a who
 of a descheduled thread, which made them 10-30x slower here (one fused attention call is barely
 affected). The header prints the policy in force.
 
+A second table gives, for attention and the two chunk ops at each T, one forward+backward's
+matmul FLOPs (`FlopCounterMode`), kernel calls (leaf aten ops in the profiler plus compiled
+kernels; per chunk for the ops) and activation memory (the bytes autograd saves for the backward,
+counted with `saved_tensors_hooks`: independent of the allocator). `--compile` runs the ops' chunk
+steps under torch.compile, `--recompute` keeps only chunk-start states for the backward.
+
 Run: python benchmarks/ops.py [--T 512 2048] [--repeats 5] [--chunk-size 32] [--naive-max-T 512]
-     [--naive-repeats 1] [--threads N] [--device cpu]
+     [--naive-repeats 1] [--threads N] [--device cpu] [--compile] [--recompute]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from counting import kernel_calls, matmul_flops, saved_bytes
 
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
@@ -93,6 +100,18 @@ def median_times(fns, inp, repeats, warmup=True):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def counts(fn, inp, n_chunks):
+    """(MFLOP, kernel calls per chunk, saved MiB) of one forward+backward of fn."""
+    def fwd_bwd():
+        out = fn(inp)
+        out.backward(torch.ones_like(out))
+    flops = matmul_flops(fwd_bwd)
+    kernels = kernel_calls(fwd_bwd)
+    out, saved = saved_bytes(lambda: fn(inp))
+    out.backward(torch.ones_like(out))
+    return flops / 1e6, kernels / n_chunks, saved / 2**20
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--B", type=int, default=4)
@@ -105,6 +124,8 @@ def main():
     ap.add_argument("--naive-repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="the ops' chunk steps under torch.compile")
+    ap.add_argument("--recompute", action="store_true", help="the ops recompute chunks in the backward")
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.threads:
@@ -117,11 +138,13 @@ def main():
           f"{'chunk/attn':>10} {'naive/chunk':>11}")
     kinds = (("linear", naive_recurrent_linear_memory, chunk_linear_memory),
              ("mlp", naive_recurrent_mlp_memory, chunk_mlp_memory))
+    table = []
     for T in args.T:
         inp = make_inputs(B, T, H, D, device=dev)
         fns = {"attn": attention}
         for kind, _, chunk in kinds:
-            fns[kind] = memory_case(chunk, kind, H, D, device=dev, chunk_size=C)
+            fns[kind] = memory_case(chunk, kind, H, D, device=dev, chunk_size=C,
+                                    compile=args.compile, recompute=args.recompute)
         med = median_times(fns, inp, args.repeats)
         if T <= args.naive_max_T:  # up to minutes per run: no warm-up, --naive-repeats runs
             naive = {kind: memory_case(op, kind, H, D, device=dev, chunk_size=C)
@@ -136,6 +159,16 @@ def main():
                 naive_s, ratio_s = f"{'skipped':>9}", f"{'-':>11}"
             print(f"{T:>6} {kind:<8} {1e3 * t_attn:9.1f} {1e3 * t_chunk:9.1f} {naive_s} "
                   f"{t_chunk / t_attn:10.2f} {ratio_s}", flush=True)
+        for name in ("attn", "linear", "mlp"):
+            table.append((T, name, *counts(fns[name], inp, 1 if name == "attn" else -(-T // C))))
+    print(f"\nper forward+backward{' (compiled chunk steps)' if args.compile else ''}"
+          f"{' (recompute)' if args.recompute else ''}")
+    print("| T | op | MFLOP | kernel calls (per chunk for the ops) | saved for backward (MiB) |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for T, name, mflop, kernels, saved in table:
+        # FlopCounterMode has no formula for CPU's fused attention kernel
+        flops = f"{mflop:,.0f}" if mflop else "-"
+        print(f"| {T} | {name} | {flops} | {kernels:,.0f} | {saved:,.1f} |")
 
 
 if __name__ == "__main__":

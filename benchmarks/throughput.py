@@ -40,7 +40,7 @@ from dataclasses import replace
 
 import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from counting import kernel_calls, matmul_flops
 
 from hope.models import build_model
 from hope.models.common import compile_model, forward_backward
@@ -48,14 +48,7 @@ from hope.recipes import get_recipe
 from hope.train import count_parameters
 
 ARCHS = ("transformer", "titans", "hope_attention", "hope")
-# profiler events that move no data (views, metadata, allocations) are not counted as kernels
-NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "transpose", "permute",
-               "unsqueeze", "squeeze", "select", "slice", "t", "detach", "alias", "unbind", "split",
-               "split_with_sizes", "narrow", "empty", "empty_strided", "empty_like", "resolve_conj",
-               "resolve_neg", "lift_fresh", "_unsafe_view", "unflatten", "flatten", "contiguous",
-               "numpy_T", "mT", "diagonal", "chunk", "broadcast_to", "expand_as", "view_as", "set_",
-               "result_type", "to", "_to_copy_noop", "is_same_size", "_has_compatible_shallow_copy_type",
-               "real", "conj", "item", "_local_scalar_dense"}
+
 
 
 def setup(arch: str, size: str, device: torch.device, batch_size: int | None, seq_len: int | None,
@@ -86,32 +79,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def kernel_calls(step) -> int:
-    """Leaf aten ops of one call of `step` (ops with no aten op below them), views excluded, plus the
-    fused kernels of compiled code (inductor's `cpp_fused_*` / `triton_*` calls)."""
-    from torch._inductor import config as inductor_config
-    from torch.profiler import ProfilerActivity, profile
-    inductor_config.cpp.enable_kernel_profile = True  # compiled CPU kernels appear as profiler events
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    n = 0
-    for ev in prof.events():
-        if ev.name.startswith(("cpp_fused", "triton_")):
-            n += 1
-            continue
-        if not ev.name.startswith("aten::") or ev.name[6:] in NOT_KERNELS:
-            continue
-        if not any(c.name.startswith("aten::") for c in ev.cpu_children):
-            n += 1
-    return n
-
-
-def step_flops(step) -> int:
-    with FlopCounterMode(display=False) as fc:
-        step()
-    return fc.get_total_flops()
-
-
 def measure(arch: str, args, device: torch.device) -> dict:
     model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.recompute, args.compile)
     times = []
@@ -127,7 +94,7 @@ def measure(arch: str, args, device: torch.device) -> dict:
            "step_s": sec, "batch": f"{B} x {T}", "flops_per_token": float("nan"),
            "kernels_per_token": float("nan")}
     if not args.no_counts:
-        row["flops_per_token"] = step_flops(step) / (B * T)
+        row["flops_per_token"] = matmul_flops(step) / (B * T)
         row["kernels_per_token"] = kernel_calls(step) / (B * T)
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

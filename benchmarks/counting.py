@@ -1,0 +1,65 @@
+"""What the benchmark scripts count besides time: matmul FLOPs, kernel calls, saved activations.
+
+Shared by `throughput.py` (whole training steps) and `ops.py` (one memory op).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# profiler events that move no data (views, metadata, allocations) are not counted as kernels
+NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "transpose", "permute",
+               "unsqueeze", "squeeze", "select", "slice", "t", "detach", "alias", "unbind", "split",
+               "split_with_sizes", "narrow", "empty", "empty_strided", "empty_like", "resolve_conj",
+               "resolve_neg", "lift_fresh", "_unsafe_view", "unflatten", "flatten", "contiguous",
+               "numpy_T", "mT", "diagonal", "chunk", "broadcast_to", "expand_as", "view_as", "set_",
+               "result_type", "to", "_to_copy_noop", "is_same_size", "_has_compatible_shallow_copy_type",
+               "real", "conj", "item", "_local_scalar_dense"}
+
+
+def kernel_calls(fn) -> int:
+    """Leaf aten ops of one call of `fn` (ops with no aten op below them), views excluded, plus the
+    fused kernels of compiled code (inductor's `cpp_fused_*` / `triton_*` calls): the CPU analogue
+    of kernel launches."""
+    from torch._inductor import config as inductor_config
+    from torch.profiler import ProfilerActivity, profile
+    inductor_config.cpp.enable_kernel_profile = True  # compiled CPU kernels appear as profiler events
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    n = 0
+    for ev in prof.events():
+        if ev.name.startswith(("cpp_fused", "triton_")):
+            n += 1
+            continue
+        if not ev.name.startswith("aten::") or ev.name[6:] in NOT_KERNELS:
+            continue
+        if not any(c.name.startswith("aten::") for c in ev.cpu_children):
+            n += 1
+    return n
+
+
+def matmul_flops(fn) -> int:
+    """Matmul FLOPs of one call of `fn` (`FlopCounterMode`: forward and backward)."""
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def saved_bytes(forward) -> tuple[object, int]:
+    """Run `forward()` and count the bytes autograd saves for the backward (distinct storages):
+    activation memory, independent of the allocator. Returns (the output, bytes)."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor):
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    return out, total
