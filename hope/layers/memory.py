@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
@@ -104,8 +105,15 @@ class MemoryBank(nn.Module):
         """Read `x` with the state at the start of the current mini-batch.
 
         x: `[B, T, n*H, D]` (each memory its own input) or `[B, T, H, D]` (every memory reads the
-        same input, broadcast without a copy); returns `[B, T, n*H, D]`.
+        same input, broadcast without a copy); returns `[B, T, n*H, D]`. Under `rule.recompute`
+        the read is recomputed in the backward (its hidden activations are `n*H*E` numbers per
+        token, more than the state a chunk keeps).
         """
+        if self.rule.recompute and torch.is_grad_enabled():
+            return checkpoint(self._read_start, state, x, use_reentrant=False)
+        return self._read_start(state, x)
+
+    def _read_start(self, state, x: torch.Tensor) -> torch.Tensor:
         n, H = self.n, self.n_heads
         shared = x.shape[2] == H and n > 1
         xs = x.unsqueeze(2) if shared else x.unflatten(2, (n, H))           # [B, T, n or 1, H, D]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import functools
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from hope.ops.checks import check_inputs, operator_queries, read_heads
 from hope.ops.chunking import from_chunks, run_step, split_segments, to_chunks
@@ -76,31 +79,52 @@ def chunk_linear_memory(
     W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))  # [B, H, D, D]
     W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else None
     r, q_ops = read_heads(q, H), operator_queries(q, k)
+    seg_kw = dict(dgd=dgd, momentum_norm=momentum_norm, compile=compile, r=r, objective=objective)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
-        qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
-        etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
-        ops = keyed_operators(kc, qoc, etac, chunk_decays(alphac, betac), dgd,
-                              etac * (1 - betac) if momentum_norm else None)
-        # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
-        # when W0 is a saved chunk-start state that differs from the current weights
-        fold = not resumed
-        lops = loop_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
-        const = -(lops.u_coef @ vc) if fold else None                      # [B, H, N, 2L, D]
-        consts = const.unbind(2) if fold else [None] * kc.shape[2]
-        seg = []
-        for lop, c_n, k_n, q_n, v_n in zip(lops.chunks(), consts, kc.unbind(2), qc.unbind(2),
-                                           vc.unbind(2)):
-            args = (W, S, None if fold else W0, lop, c_n, k_n, q_n, v_n)
-            # compiled: the fast path only (full chunks from a chunk boundary)
-            o, W, S, W0 = run_step(_linear_chunk, args, compile=compile and fold and L == C,
-                                   recompute=recompute, r=r, objective=objective)
-            seg.append(o)
-        outs.append(from_chunks(torch.stack(seg, dim=2)))
+        xs = [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)]
+        W0_in = W0 if resumed else None
+        if recompute and torch.is_grad_enabled():
+            # one chunk per checkpoint, its operators included: the backward keeps only the chunk's
+            # start state and inputs, and recomputes the rest
+            for c0 in range(0, t1 - t0, L):
+                o, W, S, W0 = checkpoint(functools.partial(_linear_segment, L=L, full=L == C, **seg_kw),
+                                         W, S, W0_in, *(x[:, c0:c0 + L] for x in xs),
+                                         use_reentrant=False)
+                outs.append(o)
+        else:
+            o, W, S, W0 = _linear_segment(W, S, W0_in, *xs, L=L, full=L == C, **seg_kw)
+            outs.append(o)
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)
     return o, (final if output_final_state else None)
+
+
+def _linear_segment(W, S, W0, q, k, v, q_ops, eta, alpha, beta, *, L, full, dgd, momentum_norm,
+                    compile, r, objective):
+    """Chunks of L tokens `[B, N*L, ...]` from state (W, S): the operators of all of them at once
+    (state-independent), then the chunk loop. W0: the chunk-start weights when the segment resumes
+    inside a chunk, else None; full: L is the chunk size (else a tail chunk).
+    Returns (reads [B, N*L, Hq, D], W, S, the last chunk's start weights)."""
+    qc, kc, vc, qoc = (to_chunks(x, L) for x in (q, k, v, q_ops))           # [B, H, N, L, D]
+    etac, alphac, betac = (to_chunks(x, L) for x in (eta, alpha, beta))
+    ops = keyed_operators(kc, qoc, etac, chunk_decays(alphac, betac), dgd,
+                          etac * (1 - betac) if momentum_norm else None)
+    # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
+    # when W0 is a saved chunk-start state that differs from the current weights
+    fold = W0 is None
+    lops = loop_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
+    const = -(lops.u_coef @ vc) if fold else None                          # [B, H, N, 2L, D]
+    consts = const.unbind(2) if fold else [None] * kc.shape[2]
+    seg = []
+    for lop, c_n, k_n, q_n, v_n in zip(lops.chunks(), consts, kc.unbind(2), qc.unbind(2),
+                                       vc.unbind(2)):
+        # compiled: the fast path only (full chunks from a chunk boundary)
+        o, W, S, W0 = run_step(_linear_chunk, (W, S, None if fold else W0, lop, c_n, k_n, q_n, v_n),
+                               compile=compile and fold and full, r=r, objective=objective)
+        seg.append(o)
+    return from_chunks(torch.stack(seg, dim=2)), W, S, W0
 
 
 def _linear_chunk(W, S, W0, lop, c_n, k_n, q_n, v_n, *, r, objective):

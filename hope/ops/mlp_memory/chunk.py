@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import functools
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from hope.ops.checks import activation, check_inputs, hidden_scale, operator_queries, read_heads
 from hope.ops.chunking import from_chunks, run_step, split_segments, to_chunks
@@ -91,34 +94,57 @@ def chunk_mlp_memory(
     if pos:
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
-    step_kw = dict(r=r, sigma=sigma, dsigma=dsigma, objective=objective, hidden_norm=hidden_norm)
+    seg_kw = dict(dgd=dgd, momentum_norm=momentum_norm, compile=compile, r=r, sigma=sigma,
+                  dsigma=dsigma, objective=objective, hidden_norm=hidden_norm)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
-        qc, kc, vc, qoc = (to_chunks(x[:, t0:t1], L) for x in (q, k, v, q_ops))  # [B, H, N, L, D]
-        etac, alphac, betac = (to_chunks(x[:, t0:t1], L) for x in (eta, alpha, beta))
-        dec = chunk_decays(alphac, betac)
-        grad_rate = etac * (1 - betac) if momentum_norm else etac        # rate of the gradients
-        ops = keyed_operators(kc, qoc, etac, dec, dgd, grad_rate)         # W2: keys k, queries q
-        # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
-        grad_weight = dec.E * grad_rate.unsqueeze(-2)                      # [B, H, N, L, L]: E[t,s] eta_s
-        seg = []
-        for lop, k_n, q_n, v_n, grad_weight_n in zip(loop_operators(ops, u_column=True).chunks(),
-                                                     kc.unbind(2), qc.unbind(2), vc.unbind(2),
-                                                     grad_weight.unbind(2)):
-            args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
-                    q_n, v_n, grad_weight_n)
-            # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail
-            # chunk, once per call at most, runs eager
-            o_n, W1, W2, S1, S2, W1_0, W2_0 = run_step(
-                _mlp_chunk, args, compile=compile and not resumed and L == C, recompute=recompute,
-                **step_kw)
-            seg.append(o_n)
-        outs.append(from_chunks(torch.stack(seg, dim=2)))
+        xs = [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)]
+        W0s = (W1_0, W2_0) if resumed else (None, None)
+        if recompute and torch.is_grad_enabled():
+            # one chunk per checkpoint, its operators included: the backward keeps only the chunk's
+            # start state and inputs, and recomputes the rest (operators, reads, gradients)
+            for c0 in range(0, t1 - t0, L):
+                o, W1, W2, S1, S2, W1_0, W2_0 = checkpoint(
+                    functools.partial(_mlp_segment, L=L, full=L == C, **seg_kw), W1, W2, S1, S2, *W0s,
+                    *(x[:, c0:c0 + L] for x in xs), use_reentrant=False)
+                outs.append(o)
+        else:
+            o, W1, W2, S1, S2, W1_0, W2_0 = _mlp_segment(W1, W2, S1, S2, *W0s, *xs, L=L,
+                                                         full=L == C, **seg_kw)
+            outs.append(o)
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
                            pos_end)
     return o, (final if output_final_state else None)
+
+
+def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, *, L, full, dgd,
+                 momentum_norm, compile, **step_kw):
+    """Chunks of L tokens `[B, N*L, ...]` from state (W1, W2, S1, S2): the operators of all of them
+    at once (state-independent), then the chunk loop. W1_0, W2_0: chunk-start weights when the
+    segment resumes inside a chunk, else None; full: L is the chunk size (else a tail chunk).
+    Returns (reads [B, N*L, Hq, D], W1, W2, S1, S2, the last chunk's start weights W1_0, W2_0)."""
+    qc, kc, vc, qoc = (to_chunks(x, L) for x in (q, k, v, q_ops))           # [B, H, N, L, D]
+    etac, alphac, betac = (to_chunks(x, L) for x in (eta, alpha, beta))
+    dec = chunk_decays(alphac, betac)
+    grad_rate = etac * (1 - betac) if momentum_norm else etac               # rate of the gradients
+    ops = keyed_operators(kc, qoc, etac, dec, dgd, grad_rate)                # W2: keys k, queries q
+    # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
+    grad_weight = dec.E * grad_rate.unsqueeze(-2)                           # [B, H, N, L, L]: E[t,s] eta_s
+    resumed = W1_0 is not None                      # (a resumed segment is one partial chunk)
+    seg = []
+    for lop, k_n, q_n, v_n, grad_weight_n in zip(loop_operators(ops, u_column=True).chunks(),
+                                                 kc.unbind(2), qc.unbind(2), vc.unbind(2),
+                                                 grad_weight.unbind(2)):
+        args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
+                q_n, v_n, grad_weight_n)
+        # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail
+        # chunk, once per call at most, runs eager
+        o_n, W1, W2, S1, S2, W1_0, W2_0 = run_step(
+            _mlp_chunk, args, compile=compile and full and not resumed, **step_kw)
+        seg.append(o_n)
+    return (from_chunks(torch.stack(seg, dim=2)), W1, W2, S1, S2, W1_0, W2_0)
 
 
 def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, *, r, sigma, dsigma,
