@@ -18,13 +18,18 @@ NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "tra
                "real", "conj", "item", "_local_scalar_dense"}
 
 
+def count_compiled_kernels() -> None:
+    """Make inductor's CPU kernels appear as profiler events (`cpp_fused_*`) so that `kernel_calls`
+    counts them: call before anything is compiled (it changes the generated code)."""
+    from torch._inductor import config as inductor_config
+    inductor_config.cpp.enable_kernel_profile = True
+
+
 def kernel_calls(fn) -> int:
     """Leaf aten ops of one call of `fn` (ops with no aten op below them), views excluded, plus the
-    fused kernels of compiled code (inductor's `cpp_fused_*` / `triton_*` calls): the CPU analogue
-    of kernel launches."""
-    from torch._inductor import config as inductor_config
+    fused kernels of compiled code (inductor's `cpp_fused_*` / `triton_*` calls; on CPU only when
+    `count_compiled_kernels()` ran before compiling): the CPU analogue of kernel launches."""
     from torch.profiler import ProfilerActivity, profile
-    inductor_config.cpp.enable_kernel_profile = True  # compiled CPU kernels appear as profiler events
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     n = 0

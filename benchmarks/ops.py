@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from counting import kernel_calls, matmul_flops, saved_bytes
+from counting import count_compiled_kernels, kernel_calls, matmul_flops, saved_bytes
 
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
@@ -127,6 +127,8 @@ def main():
     ap.add_argument("--compile", action="store_true", help="the ops' chunk steps under torch.compile")
     ap.add_argument("--recompute", action="store_true", help="the ops recompute chunks in the backward")
     args = ap.parse_args()
+    if args.compile:
+        count_compiled_kernels()
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)

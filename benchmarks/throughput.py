@@ -40,7 +40,7 @@ from dataclasses import replace
 
 import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
-from counting import kernel_calls, matmul_flops
+from counting import count_compiled_kernels, kernel_calls, matmul_flops
 
 from hope.models import build_model
 from hope.models.common import compile_model, forward_backward
@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--check", action="store_true",
                     help="first compare each model's logits on --device (float32) with CPU float64")
     args = ap.parse_args()
+    if args.compile:
+        count_compiled_kernels()
     archs = [a.strip() for a in args.models.split(",")]
     if args.memory_child:
         print(json.dumps({"peak_gib": cpu_peak_child(archs[0], args)}))
