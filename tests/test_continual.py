@@ -154,13 +154,16 @@ def test_lm_quick_smoke_and_resume(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["benchmark"] == "lm" and res["domains"] == ["a.txt", "b.txt"]
     runs = {r["name"]: r for r in res["runs"]}
-    assert set(runs) == {"hope_attention-seq-adamw", "hope_attention-static_cms-adamw"}  # the report of the last call
+    # the report holds every finished run in --out with these settings, not only the last call's
+    assert list(runs) == ["transformer-seq-adamw", "transformer-replay-adamw", "transformer-ewc-adamw",
+                          "transformer-joint-adamw", "hope_attention-seq-adamw", "hope_attention-static_cms-adamw"]
     first = json.loads((out / "runs" / "transformer-seq-adamw" / "result.json").read_text())
     assert np.array(first["R_loss"]).shape == (2, 2) and len(first["baseline"]) == 2
     assert all(math.isfinite(v) for v in first["metrics"].values() if v is not None)
     assert "inference_forgetting" in runs["hope_attention-seq-adamw"]
     assert "inference_forgetting" not in runs["hope_attention-static_cms-adamw"]
     assert (out / "results.md").read_text().count("| hope_attention |") >= 2
+    assert (out / "results.md").read_text().count("| transformer |") >= 4
     pytest.importorskip("matplotlib")
     assert (out / "R_transformer-seq-adamw.png").exists() and (out / "curve_transformer-seq-adamw.png").exists()
     # resumable: a run whose result is lost is rebuilt from its checkpoint, with the same scores

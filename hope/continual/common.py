@@ -274,6 +274,26 @@ def prepare_run_dir(run_dir: Path, cfg: Config, settings: Settings, extra: dict)
     return None
 
 
+def all_finished_runs(out: Path, runs: list[dict], settings: Settings, extra: dict) -> list[dict]:
+    """`runs` (this call's) and every other finished run under `out/runs` made with the same
+    settings, so that a call running a subset (one architecture, one method) reports the whole
+    suite so far; ordered by architecture, then method."""
+    record = json.loads(json.dumps({"settings": asdict(settings), **extra}))
+    have = {r["name"] for r in runs}
+    merged = list(runs)
+    for path in sorted((out / "runs").glob("*/result.json")):
+        sp = path.parent / "settings.json"
+        if path.parent.name in have or not sp.exists() or json.loads(sp.read_text()) != record:
+            continue
+        merged.append(json.loads(path.read_text()))
+
+    def order(r):
+        arch, method = r.get("arch"), r.get("method")
+        return (ARCHS.index(arch) if arch in ARCHS else len(ARCHS),
+                METHODS.index(method) if method in METHODS else len(METHODS), r["name"])
+    return sorted(merged, key=order)
+
+
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hope.continual.common import (Settings, Stage, has_cms, plan, prepare_run_dir, recipe_name, run_config,
-                                   run_name, run_stages, write_json)
+from hope.continual.common import (Settings, Stage, all_finished_runs, has_cms, plan, prepare_run_dir,
+                                   recipe_name, run_config, run_name, run_stages, write_json)
 from hope.continual.metrics import summary
 from hope.continual.report import header, write_report
 from hope.data.corpus import load_corpus
@@ -162,10 +162,11 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
                         model, tokens[0]["val"], tokens[1]["val"], read_len=L, b_len=2 * L, probe_len=L // 2)}
             write_json(run_dir / "result.json", result)
         runs.append(result)
+        every = all_finished_runs(out, runs, settings, {"domains": labels, "eval_tokens": eval_tokens})
         results = header("lm", settings, {"git_commit": commit, "domains": labels,
                                           "tokens_per_stage": settings.steps * tc.batch_size * tc.seq_len,
                                           "eval_tokens": eval_tokens, "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}",
-                                          "runs": runs})
+                                          "runs": every})
         write_report(out, results, "loss", log)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results
