@@ -36,22 +36,41 @@ def _contiguous(x):
     return x
 
 
-def run_step(step, args, *, compile: bool = False, recompute: bool = False, **kwargs):
-    """One chunk of an op: `step(*args, **kwargs)`, compiled and/or recomputed in the backward.
+def run_step(step, args, *, compile: bool = False, **kwargs):
+    """One chunk of an op: `step(*args, **kwargs)`, compiled when asked.
 
     compile: through `compiled(step)`, with every tensor argument made contiguous first (a chunk
         sliced out of a segment has strides that depend on the segment's length, and an expanded
         meta-learned state has zero strides: each would be a new compiled variant).
-    recompute: under `torch.utils.checkpoint` when autograd records, so that the backward keeps
-        only the chunk's inputs (its start state) and recomputes the rest.
     """
-    fn = step
     if compile:
-        fn, args = compiled(step), tuple(_contiguous(a) for a in args)
-    fn = functools.partial(fn, **kwargs)
-    if recompute and torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
+        return compiled(step)(*(_contiguous(a) for a in args), **kwargs)
+    return step(*args, **kwargs)
+
+
+def run_segment(segment, state: tuple, start: tuple, inputs: list, L: int, *,
+                recompute: bool = False, **kwargs):
+    """Run a segment of chunks of L tokens: `segment(*state, *start, *inputs, L=L, **kwargs)`
+    returns `(reads, *next state, *the last chunk's start weights)`.
+
+    state: the carried state (weights, momenta); start: the chunk-start weights when the segment
+    resumes inside a chunk, else Nones (a resumed segment is one partial chunk); inputs: the
+    segment's `[B, N*L, ...]` tensors. recompute (when autograd records): one chunk per
+    `torch.utils.checkpoint`, its operators included, so the backward keeps only each chunk's start
+    state and inputs and recomputes the rest. Returns (list of reads, next state, start weights).
+    """
+    n = len(state)
+    fn = functools.partial(segment, L=L, **kwargs)
+    if not (recompute and torch.is_grad_enabled()):
+        o, *rest = fn(*state, *start, *inputs)
+        return [o], tuple(rest[:n]), tuple(rest[n:])
+    outs, last = [], start
+    for c0 in range(0, inputs[0].shape[1], L):
+        o, *rest = checkpoint(fn, *state, *start, *(x[:, c0:c0 + L] for x in inputs),
+                              use_reentrant=False)
+        outs.append(o)
+        state, last = tuple(rest[:n]), tuple(rest[n:])
+    return outs, state, last
 
 
 def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:

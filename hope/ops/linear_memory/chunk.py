@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import functools
-
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from hope.ops.checks import check_inputs, operator_queries, read_heads
-from hope.ops.chunking import from_chunks, run_step, split_segments, to_chunks
+from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
 from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
 from hope.ops.state import LinearMemoryState, check_pos, expand_state, state_dtype
 
@@ -82,19 +79,11 @@ def chunk_linear_memory(
     seg_kw = dict(dgd=dgd, momentum_norm=momentum_norm, compile=compile, r=r, objective=objective)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
-        xs = [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)]
-        W0_in = W0 if resumed else None
-        if recompute and torch.is_grad_enabled():
-            # one chunk per checkpoint, its operators included: the backward keeps only the chunk's
-            # start state and inputs, and recomputes the rest
-            for c0 in range(0, t1 - t0, L):
-                o, W, S, W0 = checkpoint(functools.partial(_linear_segment, L=L, full=L == C, **seg_kw),
-                                         W, S, W0_in, *(x[:, c0:c0 + L] for x in xs),
-                                         use_reentrant=False)
-                outs.append(o)
-        else:
-            o, W, S, W0 = _linear_segment(W, S, W0_in, *xs, L=L, full=L == C, **seg_kw)
-            outs.append(o)
+        seg, (W, S), (W0,) = run_segment(
+            _linear_segment, (W, S), (W0 if resumed else None,),
+            [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)], L, recompute=recompute,
+            full=L == C, **seg_kw)
+        outs += seg
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = LinearMemoryState(W, S, W0 if pos_end else None, pos_end)

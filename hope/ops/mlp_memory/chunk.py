@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import functools
-
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from hope.ops.checks import activation, check_inputs, hidden_scale, operator_queries, read_heads
-from hope.ops.chunking import from_chunks, run_step, split_segments, to_chunks
+from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
 from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype, state_step
 
@@ -98,20 +95,11 @@ def chunk_mlp_memory(
                   dsigma=dsigma, objective=objective, hidden_norm=hidden_norm)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
-        xs = [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)]
-        W0s = (W1_0, W2_0) if resumed else (None, None)
-        if recompute and torch.is_grad_enabled():
-            # one chunk per checkpoint, its operators included: the backward keeps only the chunk's
-            # start state and inputs, and recomputes the rest (operators, reads, gradients)
-            for c0 in range(0, t1 - t0, L):
-                o, W1, W2, S1, S2, W1_0, W2_0 = checkpoint(
-                    functools.partial(_mlp_segment, L=L, full=L == C, **seg_kw), W1, W2, S1, S2, *W0s,
-                    *(x[:, c0:c0 + L] for x in xs), use_reentrant=False)
-                outs.append(o)
-        else:
-            o, W1, W2, S1, S2, W1_0, W2_0 = _mlp_segment(W1, W2, S1, S2, *W0s, *xs, L=L,
-                                                         full=L == C, **seg_kw)
-            outs.append(o)
+        seg, (W1, W2, S1, S2), (W1_0, W2_0) = run_segment(
+            _mlp_segment, (W1, W2, S1, S2), (W1_0, W2_0) if resumed else (None, None),
+            [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)], L, recompute=recompute,
+            full=L == C, **seg_kw)
+        outs += seg
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
     pos_end = (pos + T) % C
     final = MLPMemoryState(W1, W2, S1, S2, W1_0 if pos_end else None, W2_0 if pos_end else None,
