@@ -21,8 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
-from hope.ops.rule import InnerRule
 from hope.ops.checks import activation as _activation
+from hope.ops.rule import InnerRule
 
 IMPLS = ("chunk", "naive")
 _OPS = {
@@ -73,8 +73,7 @@ class MemoryBank(nn.Module):
                  linear_init: str = "zeros", impl: str = "chunk"):
         super().__init__()
         check_choice("impl", impl, IMPLS)
-        self.rule, self.kind, self.n, self.n_heads, self.head_dim = rule, rule.kind, n, n_heads, head_dim
-        self.impl = impl
+        self.rule, self.n, self.n_heads, self.head_dim, self.impl = rule, n, n_heads, head_dim, impl
         self.compile = False
         self.sigma = _activation(rule.activation)[0]
         D, E = head_dim, rule.expansion * head_dim
@@ -91,6 +90,11 @@ class MemoryBank(nn.Module):
             else:
                 init = torch.zeros(n, n_heads, D, D)
             self.W = nn.Parameter(init)
+
+    @property
+    def kind(self) -> str:
+        """"mlp" or "linear" (the rule's)."""
+        return self.rule.kind
 
     def init_state(self, batch_size: int):
         """The meta-learned initial state expanded over the batch: `[B, n * H, ...]` (keeps grad)."""
