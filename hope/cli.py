@@ -158,10 +158,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_deferring_ctrl_c(argv):
+    """Build the parser (it imports torch: a second or more) with Ctrl-C held until the imports finish.
+
+    A KeyboardInterrupt raised inside torch's own import can leave a C++ thread that aborts the
+    interpreter at exit (status -6, "terminate called without an active exception"); a Ctrl-C
+    held until after the import is the same interrupt without that risk."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "SIGINT") or threading.current_thread() is not threading.main_thread():
+        return build_parser().parse_args(argv)
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        parser = build_parser()
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        # building the parser imports torch (a second or more): Ctrl-C there is an interrupt too
-        args = build_parser().parse_args(argv)
+        args = _parse_deferring_ctrl_c(argv)
         return args.func(args)
     except HopeError as e:
         print(f"error: {e}", file=sys.stderr)

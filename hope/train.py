@@ -232,15 +232,24 @@ def _write_run_record(out: Path, resume: bool, world: int) -> None:
 
 def train(cfg: Config, out, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Train `cfg` into the run folder `out`. Returns the final metrics (and `interrupted`)."""
-    out = Path(out)
-    tc = cfg.train
-
     # distribution: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1
-    if distributed and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and tc.device != "cpu" else "gloo"
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
+        backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
         dist.init_process_group(backend)
+    try:
+        return _train(cfg, Path(out), resume, overwrite, progress, world)
+    finally:
+        # a process group left to the interpreter's exit can abort it ("terminate called without an
+        # active exception" from gloo's threads): the group this call made, this call destroys
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool, world: int) -> dict:
+    tc = cfg.train
+    distributed = world > 1
     rank = dist.get_rank() if distributed else 0
     device = resolve_device(tc.device, "train.device")
     if device.type == "cuda" and distributed:
