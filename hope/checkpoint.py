@@ -58,6 +58,9 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
                     state: dict, extra: dict | None = None, optimizer_state: dict | None = None) -> Path:
     """Write a checkpoint for `step` and point `latest` at it. Returns its folder.
 
+    Without `optimizer` (and `optimizer_state`) it holds the weights only; resuming it starts a fresh
+    optimizer (`hope stack` writes such a step 0).
+
     `extra` maps further file names to objects saved with `torch.save` (the in-context state of
     stateful training streams). `optimizer_state` replaces `optimizer.state_dict()`: the gathered
     state of a sharded optimizer, keyed by parameter names (`hope.parallel.full_state`)."""
@@ -75,6 +78,9 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, optimizer: torch
         rng["cuda"] = torch.cuda.get_rng_state_all()
     if optimizer_state is not None:
         blob = {"optimizer": optimizer_state, "optimizer_keys": "names"}
+    elif optimizer is None:
+        # weights only (`hope stack`): a resumed run starts its optimizer afresh
+        blob = {"optimizer": None, "optimizer_keys": "none"}
     else:
         blob = {"optimizer": optimizer.state_dict(), "optimizer_keys": "ids"}
     torch.save({**blob, "rng": rng}, tmp / "trainer.pt")
@@ -162,13 +168,19 @@ def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, model: torc
     try:
         blob = torch.load(f, map_location="cpu", weights_only=True)
         by_names = blob.get("optimizer_keys") == "names"
-        if sharded or by_names:
+        if blob.get("optimizer") is None:
+            pass  # a checkpoint of weights only: the optimizer starts afresh
+        elif sharded or by_names:
             if not by_names:
                 raise HopeError(f"{f} was written without train.parallel=fsdp; resume it with train.parallel=ddp")
             from hope.parallel import load_optimizer
 
             load_optimizer(model, optimizer, blob["optimizer"])
         else:
+            saved = [len(g["params"]) for g in blob["optimizer"]["param_groups"]]
+            if saved != [len(g["params"]) for g in optimizer.param_groups]:
+                raise HopeError(f"{f} holds the optimizer state of other parameters (did train.trainable change?); "
+                                "resume with the run's own train.trainable")
             optimizer.load_state_dict(blob["optimizer"])
     except HopeError:
         raise

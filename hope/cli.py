@@ -4,6 +4,8 @@
     hope generate --run DIR --prompt "..." [--max-new-tokens 200 --temperature 0.8 --top-k 50]
     hope info DIR
     hope export --run DIR --out HF_DIR    a transformers folder (AutoModelForCausalLM.from_pretrained)
+    hope stack --gguf smollm2 --periods none,512,64 --out RUN   level stacking of a pretrained Llama (hope/stack.py)
+    hope learn --run RUN --data PATH --state-out STATE          keep learning from documents (hope/learn.py)
     hope bench formal|mad|niah [--quick] [--models ...] [--out DIR]   (hope/bench/cli.py)
     hope continual lm|classify [--quick] [--archs ...] [--methods ...]   (hope/continual/cli.py)
 
@@ -36,14 +38,30 @@ def cmd_train(args) -> int:
             raise HopeError("--resume and --overwrite exclude each other")
         if not (out / "config.json").exists():
             raise HopeError(f"cannot resume: {out} holds no run (config.json is missing)")
-        bad = [o for o in overrides if not o.startswith("train.")]
+        # the data may change (continual pre-training of a run on new text); its tokenizer stays the run's
+        bad = [o for o in overrides if not o.startswith(("train.", "data.corpus=", "data.val_fraction="))]
         if bad:
-            raise HopeError(f"only train.* keys may change when resuming; got {bad[0]!r}")
+            raise HopeError(f"only train.* keys, data.corpus and data.val_fraction may change when resuming; "
+                            f"got {bad[0]!r}")
         cfg = apply_overrides(Config.load(out / "config.json"), overrides)
     else:
         cfg = apply_overrides(get_recipe(args.recipe), overrides)
     result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 130 if result.get("interrupted") else 0
+
+
+def cmd_stack(args) -> int:
+    from hope.config import _coerce
+    from hope.stack import write_stacked_run
+
+    if (args.gguf is None) == (args.hf is None):
+        raise HopeError("pass one of --gguf (a .gguf file or smollm2) and --hf (a transformers folder)")
+    periods = _coerce(args.periods, tuple[int | None, ...], "--periods")
+    write_stacked_run(args.out, args.gguf or args.hf, periods, args.cms_lr, args.cms_decay, args.max_seq_len,
+                      args.set, args.overwrite)
+    print(f"next: hope train --resume --out {args.out} --data CORPUS --set train.steps=N   (continual pre-training)\n"
+          f"      hope learn --run {args.out} --data PATH --state-out STATE   (learn from documents, no optimizer)")
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -58,6 +76,10 @@ def cmd_generate(args) -> int:
         raise HopeError(f"--num-samples must be >= 1, got {args.num_samples}")
     run = load_run(args.run, args.device)
     model, tokenizer = run.model, run.tokenizer
+    if args.state:
+        from hope.learn import use_state
+
+        use_state(run, args.state)
     device = next(model.parameters()).device
     ids = [tokenizer.eos_id] + tokenizer.encode(args.prompt)
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
@@ -68,6 +90,45 @@ def cmd_generate(args) -> int:
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
         print(tokenizer.decode(row[1:].tolist()))
+    return 0
+
+
+def cmd_learn(args) -> int:
+    import torch
+
+    from hope.data.corpus import read_text_files
+    from hope.learn import check_learns, describe, fingerprint, learn, load_state, save_state
+    from hope.runs import load_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, names, texts, _, _ = read_text_files(args.data)
+    run = load_run(args.run, args.device)
+    check_learns(run.model)
+    fp = fingerprint(run)
+    device = next(run.model.parameters()).device
+    learned = load_state(args.state, fp, device) if args.state else None
+    if learned is not None:
+        print(f"continuing from {args.state}: {describe(learned)}")
+    done = {"state": learned}
+
+    def keep(state):
+        done["state"] = state
+
+    try:
+        with torch.no_grad():
+            learned, stats = learn(run.model, run.tokenizer, list(zip(names, texts)), learned, args.window,
+                                   progress=not args.no_progress, on_document=keep)
+    except KeyboardInterrupt:
+        if done["state"] is not None and done["state"] is not learned:
+            save_state(args.state_out, done["state"], fp)
+            print(f"interrupted: the state after the last whole document is in {args.state_out}; run the same "
+                  f"command with --state {args.state_out} to read the rest", file=sys.stderr)
+        raise
+    save_state(args.state_out, learned, fp)
+    loss = f", loss while reading {stats['loss']:.4f} nats/token" if stats["loss"] is not None else ""
+    print(f"read {stats['documents']} documents ({stats['tokens']:,} tokens{loss}); skipped {stats['skipped']} read "
+          f"before; wrote {args.state_out}: {describe(learned)}")
     return 0
 
 
@@ -125,6 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("stack", help="turn a pretrained Llama model into a Hope-Attention continual learner",
+                       description="Level stacking (paper section 7.3): copy a pretrained Llama-architecture model's "
+                                   "attention, norms and embeddings into a hope_attention run folder and split each "
+                                   "layer's MLP into CMS levels of the given periods (hope/stack.py). Needs transformers "
+                                   "(and gguf for GGUF files).")
+    p.add_argument("--gguf", default=None, help="a .gguf file, or smollm2 (hope data get smollm2)")
+    p.add_argument("--hf", default=None, help="a local transformers folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--periods", default="none,512,64",
+                   help="CMS period of each level, slowest first; none = static (default none,512,64); the number "
+                        "of levels must divide the MLP width")
+    p.add_argument("--cms-lr", type=float, default=1e-3, help="CMS fast-weight learning rate (default 1e-3)")
+    p.add_argument("--cms-decay", type=float, default=0.0, help="CMS retention towards the meta-learned weights")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="longest context (default 2048)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="train.* / data.* fields of the run's config")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_stack)
+
     p = sub.add_parser("generate", help="sample text from a trained run", description="Sample text from a run.")
     p.add_argument("--run", required=True, help="run folder or transformers folder (hope export)")
     p.add_argument("--prompt", default="", help="text to continue")
@@ -136,7 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-learn", action="store_true",
                    help="freeze the Continuum Memory System while reading the prompt (CMS models)")
+    p.add_argument("--state", default=None, help="a learned-state file (hope learn) to start from")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("learn", help="let a run's CMS learn from documents and keep what it learned",
+                       description="Read a file or folder of text with the Continuum Memory System learning "
+                                   "(no outer optimizer) and save the learned state (hope/learn.py). --state "
+                                   "continues from an earlier state; documents it has read are skipped.")
+    p.add_argument("--run", required=True, help="run folder or transformers folder of a CMS model")
+    p.add_argument("--data", required=True, help="a UTF-8 text file or folder (every text file under it)")
+    p.add_argument("--state", default=None, help="learned-state file to continue from")
+    p.add_argument("--state-out", required=True, help="where to write the learned state (may equal --state)")
+    p.add_argument("--window", type=int, default=512, help="tokens read at a time (default 512)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("info", help="describe a run folder", description="Config, parameter count, last metrics.")
     p.add_argument("run", help="run folder or transformers folder (hope export)")

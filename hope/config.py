@@ -67,6 +67,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     stateful: bool = False  # batch rows are contiguous streams whose in-context state carries across steps
     parallel: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (FSDP2, sharded; hope/parallel.py)
+    trainable: str = "all"  # parameters the outer optimizer trains: all, or some of cms,mixer,norm,embed (TRAINABLE)
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_tokens",
@@ -85,10 +86,32 @@ class TrainConfig:
             raise HopeError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise HopeError(f"train.parallel must be ddp or fsdp; got {self.parallel!r}")
+        groups = [g.strip() for g in self.trainable.split(",")]
+        if self.trainable != "all" and (not all(groups) or any(g not in TRAINABLE for g in groups)):
+            raise HopeError(f"train.trainable must be all or a comma-separated subset of {','.join(TRAINABLE)}; "
+                            f"got {self.trainable!r}")
         from hope.optim import OPTIMIZER_NAMES
 
         if self.optimizer not in OPTIMIZER_NAMES:
             raise HopeError(f"train.optimizer must be one of {', '.join(OPTIMIZER_NAMES)}; got {self.optimizer!r}")
+
+
+# `train.trainable` groups, by where a parameter sits (`trainable_group`): the channel mixers (CMS levels
+# with their norms and mixing weights; Transformer++'s MLP), the sequence mixers (attention, Titans
+# memories), the other norms, and the token embedding with the LM head
+TRAINABLE = ("cms", "mixer", "norm", "embed")
+
+
+def trainable_group(name: str) -> str:
+    """The `TRAINABLE` group of a parameter name of `model.named_parameters()`."""
+    parts = name.split(".")
+    if "cms" in parts or "mlp" in parts:
+        return "cms"
+    if "mixer" in parts or "attn" in parts:
+        return "mixer"
+    if parts[0] in ("embed", "lm_head"):
+        return "embed"
+    return "norm"
 
 
 @dataclass

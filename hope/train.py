@@ -36,7 +36,7 @@ import hope
 from hope import parallel
 from hope.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, load_streams, load_trainer_state,
                              save_checkpoint)
-from hope.config import Config
+from hope.config import Config, trainable_group
 from hope.data.corpus import load_corpus
 from hope.data.tokenizer import build_tokenizer, load_tokenizer
 from hope.data.tokens import get_batch, get_stream_batch, prepare_tokens, val_windows
@@ -283,8 +283,9 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
             log(f"note: skipped {sum(corpus.skipped.values())} file(s) under {cfg.data.corpus} whose extension is not a "
                 f"text one ({kinds}); hope.data.corpus.TEXT_SUFFIXES lists those read")
         _write_run_record(out, resume, world)
+        # a resume records what it changed (train.*, the corpus); the tokenizer stays the run's
+        cfg.save(out / "config.json")
         if not resume:
-            cfg.save(out / "config.json")
             atomic_write_text(out / "tokenizer.json", tokenizer.to_json())
     tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len * world
     passes = tc.steps * tokens_per_step / max(1, len(tokens["train"]))
@@ -310,7 +311,18 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
     if fsdp:
         # bf16 parameters on a GPU, except where the in-context state is made from them (docs/DEVIATIONS.md)
         parallel.shard(model, bf16_params=use_bf16 and device.type == "cuda" and not parallel.has_param_state(model))
-    optimizer = build_optimizer(tc.optimizer, list(model.named_parameters()), lr=tc.lr,
+    named = list(model.named_parameters())
+    if tc.trainable != "all":
+        if fsdp:
+            raise HopeError("train.trainable other than all does not support train.parallel=fsdp yet; use ddp")
+        groups = {g.strip() for g in tc.trainable.split(",")}
+        for name, p in named:
+            p.requires_grad_(trainable_group(name) in groups)
+        named = [(n, p) for n, p in named if p.requires_grad]
+        if not named:
+            raise HopeError(f"train.trainable={tc.trainable} selects no parameter of {cfg.arch}")
+        log(f"training {sum(p.numel() for _, p in named) / 1e6:.2f}M parameters ({tc.trainable}); the rest frozen")
+    optimizer = build_optimizer(tc.optimizer, named, lr=tc.lr,
                                 weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
                                 fused=device.type == "cuda" and tc.dtype != "float64")
     for group in optimizer.param_groups:

@@ -455,6 +455,14 @@ def dataset_dir(name: str) -> Path:
     return data_root() / get_entry(name).name
 
 
+def model_file(name: str) -> Path:
+    """The prepared file of a model entry (`smollm2`); a one-line HopeError when it is not prepared."""
+    manifest = read_manifest(name)
+    if manifest is None:
+        raise HopeError(f"the {name} model is not prepared; run: hope data get {name}")
+    return dataset_dir(name) / next(iter(manifest["files"]))
+
+
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -157,6 +157,7 @@ def register(subparsers) -> None:
     q.add_argument("--streams", type=int, default=8, help="carried mode: parallel contiguous parts (batch)")
     q.add_argument("--modes", default="carried,independent")
     q.add_argument("--no-learn", action="store_true", help="skip the CMS in-context-learning pass")
+    q.add_argument("--state", default=None, help="a learned-state file (hope learn): every window starts from it")
     q.add_argument("--out", default=None, help="write the results as JSON")
     q.set_defaults(func=cmd_eval_ppl)
 

@@ -22,17 +22,14 @@ def set_threads(args) -> None:
 def load_for_eval(args):
     """(name, model, tokenizer, cfg or None) from `--run` (a run or transformers folder) or `--gguf`."""
     if getattr(args, "gguf", None):
-        from hope.data.registry import dataset_dir, read_manifest
+        from hope.data.registry import model_file
         from hope.device import resolve_device
         from hope.eval.hf import load_gguf
 
         resolve_device(args.device)
         path = Path(args.gguf)
         if args.gguf == "smollm2":
-            m = read_manifest("smollm2")
-            if m is None:
-                raise HopeError("the SmolLM2 model is not prepared; run: hope data get smollm2")
-            path = dataset_dir("smollm2") / next(iter(m["files"]))
+            path = model_file("smollm2")
         model, tok = load_gguf(path)
         return path.stem, model, tok, None
     if not args.run:
@@ -40,6 +37,10 @@ def load_for_eval(args):
     from hope.runs import load_run
 
     r = load_run(args.run, args.device)
+    if getattr(args, "state", None):
+        from hope.learn import describe, use_state
+
+        print(f"learned state {args.state}: {describe(use_state(r, args.state))}")
     return Path(args.run).name, r.model, r.tokenizer, r.cfg
 
 

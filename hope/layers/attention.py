@@ -32,25 +32,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Causal multi-head softmax attention with RoPE (Transformer++'s); `proj` is the residual output."""
+    """Causal multi-head softmax attention with RoPE (Transformer++'s); `proj` is the residual output.
 
-    def __init__(self, d_model: int, n_heads: int):
+    `n_kv_heads` < `n_heads` shares each key/value head among `n_heads / n_kv_heads` consecutive query
+    heads (grouped-query attention, as in Llama 2/3 and SmolLM2: `hope stack` needs it); the rows of
+    `qkv` are the queries, then the keys, then the values. The KV cache holds `n_kv_heads` heads."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None):
         super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise HopeError(f"d_model={d_model} must split into {n_heads} heads of even width (RoPE)")
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        if n_kv_heads <= 0 or n_heads % n_kv_heads:
+            raise HopeError(f"model.n_kv_heads={n_kv_heads} must divide model.n_heads={n_heads}")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x, cos, sin, past_k=None, past_v=None):
         """x: [B, n, d]; cos, sin: [n, D/2] at the new tokens' positions. Returns y and the full k, v."""
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).unbind(2)  # [b, n, h, d] each
+        h, g, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).view(b, n, h + 2 * g, hd).split((h, g, g), dim=2)  # [b, n, h|g, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past_k is not None:
             k, v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
         m = k.shape[1]
-        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [b, h, n|m, d]
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [b, h|g, n|m, d]
+        if g != h:
+            kh, vh = kh.repeat_interleave(h // g, dim=1), vh.repeat_interleave(h // g, dim=1)
         if m == n:
             y = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
         else:
@@ -62,9 +72,10 @@ class Attention(nn.Module):
 
 
 class AttentionMixer(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, max_seq_len: int, rope_theta: float = 10000.0):
+    def __init__(self, d_model: int, n_heads: int, max_seq_len: int, rope_theta: float = 10000.0,
+                 n_kv_heads: int | None = None):
         super().__init__()
-        self.attn = Attention(d_model, n_heads)
+        self.attn = Attention(d_model, n_heads, n_kv_heads)
         self.max_seq_len = max_seq_len
         cos, sin = rope_tables(max_seq_len, self.attn.head_dim, rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)

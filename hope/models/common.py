@@ -6,7 +6,9 @@ that lets the CMS learn in context (SPEC 4.3).
 * `fast_weights(state)`: the per-stream CMS fast weights, in a fixed order;
 * `cms_step(state, grads)`: accumulate their gradients and update levels whose period elapsed;
 * `cms_segment`: the shortest CMS period (None when every level is static);
-* `read(tokens, state, learn=True)`: read a text and learn from it while reading (inference).
+* `read(tokens, state, learn=True)`: read a text and learn from it while reading (inference);
+* `learned_part(state)`, `state_from(learned, batch_size)`, `learned_state`: what persists of a
+  stream (its CMS) and streams that start from it (`hope.learn`).
 
 `forward_backward(model, x, y, state, loss_norm)` is the training step of every model: in segments of
 the shortest CMS period, forward, backward, then the CMS step; state crossing a segment boundary is
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope.layers.memory import MemoryBank
-from hope.layers.state import detach_state
+from hope.layers.state import detach_state, tree_map
 
 
 class MixerCMSBlock(nn.Module):
@@ -80,8 +82,29 @@ class CMSLanguageModel(nn.Module):
         segs = [b.cms.segment for b in self.blocks if b.cms.segment is not None]
         return min(segs) if segs else None
 
+    # a learned state (`hope.learn`: what the CMS learned from a user's documents) every fresh stream
+    # starts from; None: the meta-learned weights
+    learned_state: dict | None = None
+
     def init_state(self, batch_size: int) -> dict:
+        if self.learned_state is not None:
+            return self.state_from(self.learned_state, batch_size)
+        return self.fresh_state(batch_size)
+
+    def fresh_state(self, batch_size: int) -> dict:
         return {"blocks": [b.init_state(batch_size) for b in self.blocks], "pos": 0}
+
+    def learned_part(self, state: dict) -> dict:
+        """What persists of a stream's state (`hope.learn`): each block's CMS state, and the token count."""
+        return {"cms": [detach_state(s["cms"]) for s in state["blocks"]], "pos": state["pos"]}
+
+    def state_from(self, learned: dict, batch_size: int) -> dict:
+        """Fresh mixer states, and every stream's CMS where `learned` (from `learned_part`) left it."""
+        def expand(t):
+            return t.expand(batch_size, *t.shape[1:]).clone()
+
+        blocks = [{**f, "cms": tree_map(expand, c)} for f, c in zip(self.fresh_state(batch_size)["blocks"], learned["cms"])]
+        return {"blocks": blocks, "pos": learned["pos"]}
 
     def forward(self, tokens: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
         """

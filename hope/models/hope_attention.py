@@ -19,6 +19,7 @@ class HopeAttentionConfig:
     d_model: int = 192
     n_layers: int = 4
     n_heads: int = 4
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads
     max_seq_len: int = 1024  # longest sequence (RoPE tables, KV cache)
     rope_theta: float = 10000.0
     cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
@@ -33,6 +34,8 @@ class HopeAttentionConfig:
 
     def __post_init__(self) -> None:
         check_model_shape(self, "max_seq_len")
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise HopeError(f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}")
         check_cms_fields(self)
 
 
@@ -63,6 +66,7 @@ class HopeAttention(CMSLanguageModel):
     config_class = HopeAttentionConfig
 
     def __init__(self, cfg: HopeAttentionConfig):
-        blocks = [MixerCMSBlock(AttentionMixer(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_theta),
+        blocks = [MixerCMSBlock(AttentionMixer(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_theta,
+                                               cfg.n_kv_heads),
                                 build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

@@ -1,0 +1,170 @@
+"""Level stacking (hope/stack.py, `hope stack`) and a model that keeps learning (hope/learn.py, `hope learn`)."""
+
+import json
+
+import pytest
+import torch
+
+from cli_support import error_of
+from hope.cli import main
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_llama(tie: bool = False, kv_heads: int = 2):
+    """A randomly initialized Llama (GQA, untied head) with weights large enough that every part matters."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=tie, rope_theta=5000.0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1) if p.ndim == 2 else p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("periods", [(None, 16, 4), (None, None, None), (8,)], ids=["three-levels", "static", "one"])
+@pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
+def test_stacked_model_with_zero_cms_lr_computes_the_pretrained_logits(periods, kv_heads):
+    from hope.stack import stack_llama
+
+    hf = tiny_llama(kv_heads=kv_heads)
+    model, cfg = stack_llama(hf, periods, cms_lr=0.0)
+    assert cfg.n_kv_heads == kv_heads and cfg.cms_variant == "independent" and cfg.rope_theta == 5000.0
+    x = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        ref = hf(x).logits
+        out, _ = model(x)
+    learned, _ = model.read(x, None, learn=True)  # learning at rate 0 changes nothing either
+    assert ref.abs().max() > 0.1
+    assert (out - ref).abs().max() <= 1e-5 and (learned - ref).abs().max() <= 1e-5
+
+
+def test_stacked_model_learns_when_its_cms_lr_is_not_zero():
+    from hope.stack import stack_llama
+
+    model, _ = stack_llama(tiny_llama(tie=True), (None, 8, 4), cms_lr=0.5)
+    x = torch.randint(0, 300, (1, 40))
+    frozen, _ = model.read(x, None, learn=False)
+    learned, _ = model.read(x, None, learn=True)
+    assert (frozen[:, :4] - learned[:, :4]).abs().max() <= 1e-5  # no level steps before token 4
+    assert (frozen[:, 8:] - learned[:, 8:]).abs().max() > 1e-4
+
+
+def test_stacking_refuses_what_it_cannot_copy():
+    from hope.errors import HopeError
+    from hope.stack import stack_llama
+
+    with pytest.raises(HopeError, match="cannot split the MLP's 96 hidden units"):
+        stack_llama(tiny_llama(), (None, 8, 4, 2, 1))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(HopeError, match="Llama-architecture"):
+        stack_llama(gpt2, (None,))
+
+
+@pytest.fixture(scope="module")
+def stacked_run(tmp_path_factory):
+    """`hope stack --hf` of a tiny Llama saved as a transformers folder with a BPE tokenizer of its own."""
+    from hope.data.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("stack")
+    text = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog number {i * 7 % 13}." for i in range(400))
+    tok = train_bpe([text], 300)
+    folder = root / "llama"
+    tiny_llama(tie=True).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(4):
+        (docs / f"doc{i}.txt").write_text(text[i * 2000:(i + 1) * 2000])
+    run = root / "run"
+    assert main(["stack", "--hf", str(folder), "--periods", "none,16,8", "--cms-lr", "0.3", "--max-seq-len", "128",
+                 "--out", str(run), "--set", f"data.corpus={docs}", "train.seq_len=32", "train.batch_size=2",
+                 "train.steps=2", "train.eval_tokens=256", "train.sample_tokens=0"]) == 0
+    return run, docs, folder
+
+
+def test_a_stacked_run_folder_serves_every_command(stacked_run, tmp_path, capsys):
+    from hope.runs import load_run
+
+    run, docs, folder = stacked_run
+    loaded = load_run(run)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    x = torch.randint(0, 300, (1, 30))
+    with torch.no_grad():
+        assert (loaded.model(x)[0] - hf(x).logits).abs().max() <= 1e-5
+    assert main(["generate", "--run", str(run), "--prompt", "Line 3", "--max-new-tokens", "5"]) == 0
+    assert main(["eval", "ppl", "--run", str(run), "--modes", "independent", "--window", "32"]) == 0
+    # continual pre-training: a fresh optimizer on the chosen parameters, the data changed on resume
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--data", str(docs / "doc1.txt"),
+                 "--set", "train.trainable=cms,norm"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["corpus"].endswith("doc1.txt") and cfg["train"]["trainable"] == "cms,norm"
+    after = load_run(run)
+    before = dict(loaded.model.named_parameters())
+    for name, p in after.model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == (".cms." in name or name.endswith("norm.weight")), name
+    capsys.readouterr()
+    msg = error_of(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "train.steps=3",
+                            "train.trainable=all"])
+    assert "train.trainable" in msg
+
+
+def test_learning_in_two_calls_equals_one_and_bad_states_are_refused(stacked_run, tmp_path, capsys):
+    from hope.learn import fingerprint, learn, load_state, save_state
+    from hope.runs import load_run
+
+    run, docs, _ = stacked_run
+    loaded = load_run(run)
+    tok = loaded.tokenizer
+    texts = [(f.name, f.read_text()) for f in sorted(docs.iterdir())]
+    whole, stats = learn(loaded.model, tok, texts, window=48, progress=False)
+    assert stats["documents"] == 4 and stats["tokens"] > 500
+    half, _ = learn(loaded.model, tok, texts[:2], window=48, progress=False)
+    save_state(tmp_path / "a.state", half, fingerprint(loaded))
+    resumed, again = learn(loaded.model, tok, texts, load_state(tmp_path / "a.state", fingerprint(loaded)),
+                           window=48, progress=False)
+    assert again["skipped"] == 2 and again["documents"] == 2
+    assert resumed["pos"] == whole["pos"] and resumed["documents"] == whole["documents"]
+    for a, b in zip(resumed["cms"], whole["cms"]):
+        for da, db in zip(a["delta"] + a["acc"], b["delta"] + b["acc"]):
+            assert (da is None) == (db is None)
+            if da is not None:
+                assert all(torch.equal(da[k], db[k]) for k in da)
+    moved = sum(float(d["w1"].abs().sum()) for c in whole["cms"] for d in c["delta"] if d is not None)
+    assert moved > 0
+
+    # the command: learn, continue, and the state in use by eval / generate
+    state = tmp_path / "s.state"
+    assert main(["learn", "--run", str(run), "--data", str(docs / "doc0.txt"), "--state-out", str(state),
+                 "--window", "48", "--no-progress"]) == 0
+    assert main(["learn", "--run", str(run), "--data", str(docs), "--state", str(state), "--state-out", str(state),
+                 "--window", "48", "--no-progress"]) == 0
+    assert "skipped 1 read before" in capsys.readouterr().out
+    assert load_state(state)["documents"] == whole["documents"]
+    assert main(["eval", "ppl", "--run", str(run), "--modes", "independent", "--window", "32", "--state", str(state),
+                 "--no-learn"]) == 0
+    assert "learned state" in capsys.readouterr().out
+    assert main(["generate", "--run", str(run), "--state", str(state), "--max-new-tokens", "3"]) == 0
+
+    # bad input: one line, exit 2, nothing overwritten
+    good = state.read_bytes()
+    trunc = tmp_path / "t.state"
+    trunc.write_bytes(good[:len(good) // 2])
+    assert "corrupt state file" in error_of(capsys, ["generate", "--run", str(run), "--state", str(trunc)])
+    flipped = bytearray(good)
+    flipped[-5] ^= 0xFF
+    bad = tmp_path / "b.state"
+    bad.write_bytes(bytes(flipped))
+    msg = error_of(capsys, ["learn", "--run", str(run), "--data", str(docs), "--state", str(bad), "--state-out",
+                            str(state), "--no-progress"])
+    assert "checksum mismatch" in msg and state.read_bytes() == good
+    fp = fingerprint(loaded)
+    foreign = {**fp, "model": {**fp["model"], "cms_hidden": 7}}
+    save_state(tmp_path / "f.state", whole, foreign)
+    msg = error_of(capsys, ["eval", "ppl", "--run", str(run), "--state", str(tmp_path / "f.state")])
+    assert "learned by another model" in msg and "cms_hidden" in msg
+    save_state(tmp_path / "w.state", whole, {**fp, "weights": "0" * 64})
+    assert "other weights" in error_of(capsys, ["generate", "--run", str(run), "--state", str(tmp_path / "w.state")])
