@@ -168,3 +168,29 @@ def test_learning_in_two_calls_equals_one_and_bad_states_are_refused(stacked_run
     assert "learned by another model" in msg and "cms_hidden" in msg
     save_state(tmp_path / "w.state", whole, {**fp, "weights": "0" * 64})
     assert "other weights" in error_of(capsys, ["generate", "--run", str(run), "--state", str(tmp_path / "w.state")])
+
+
+def test_continual_benchmarks_start_from_a_stacked_run(stacked_run, tmp_path, capsys):
+    """`hope continual lm|classify --from RUN`: the run's model, weights and tokenizer, its CMS learning
+    or static (static_cms: plain fine-tuning of the same model)."""
+    run, docs, _ = stacked_run
+    out = tmp_path / "lm"
+    args = ["continual", "lm", "--quick", "--no-progress", "--from", str(run), "--domains",
+            f"{docs / 'doc0.txt'},{docs / 'doc2.txt'}", "--tokens-per-stage", "256", "--eval-tokens", "128",
+            "--set", "train.batch_size=2", "train.lr=1e-4"]
+    assert main([*args, "--methods", "seq,static_cms", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in res["runs"]] == ["hope_attention-seq-adamw", "hope_attention-static_cms-adamw"]
+    assert res["tokenizer"] == "bpe 300" and res["runs"][0]["parameters"] == res["runs"][1]["parameters"]
+    # the runs start from the stacked weights: before any stage both score what the stacked model scores
+    assert res["runs"][0]["baseline"] == res["runs"][1]["baseline"]
+    assert "--from runs its own architecture" in error_of(capsys, [*args, "--archs", "transformer", "--out",
+                                                                    str(tmp_path / "x")])
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    for c, word in (("red", "apple cherry"), ("blue", "sky ocean"), ("green", "grass leaf"), ("gold", "sun coin")):
+        (labelled / c).write_text("\n%\n".join(f"{word} line {i} of {c}" for i in range(200)))
+    assert main(["continual", "classify", "--quick", "--no-progress", "--from", str(run), "--sources", str(labelled),
+                 "--methods", "seq", "--set", "train.batch_size=2", "--out", str(tmp_path / "cls")]) == 0
+    res = json.loads((tmp_path / "cls" / "results.json").read_text())
+    assert res["pretrain"].startswith("--from") and all(0 <= v <= 1 for v in res["runs"][0]["R_acc"][-1])

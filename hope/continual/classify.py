@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from hope.checkpoint import latest_checkpoint
-from hope.continual.common import (Settings, Stage, plan, prepare_run_dir, recipe_name, run_config, run_name,
-                                   run_stages, write_json)
+from hope.continual.common import (Settings, Stage, from_run_archs, load_from_run, plan, prepare_run_dir, recipe_name,
+                                   run_config, run_name, run_stages, write_json)
 from hope.continual.lm import load_domain, shared_tokenizer
 from hope.continual.metrics import summary
 from hope.continual.report import header, write_report
@@ -84,8 +84,14 @@ def _rows_sampler(x: torch.Tensor, y: torch.Tensor):
 def continual_classify(out: Path, sources: list[str], archs: list[str] | None, methods: list[str] | None,
                        settings: Settings, n_tasks: int, classes_per_task: int, train_per_class: int,
                        test_per_class: int, pretrain: str, pretrain_steps: int, progress: bool = True,
-                       log=print) -> dict:
-    """Pretrain every architecture once, then run every (source, architecture, method)."""
+                       log=print, from_run: str | None = None) -> dict:
+    """Pretrain every architecture once, then run every (source, architecture, method). `from_run`:
+    every run starts from that run folder's model, weights and tokenizer (no pretraining here)."""
+    start = None
+    if from_run is not None:
+        start, run_tokenizer, from_ckpt = load_from_run(from_run)
+        archs = from_run_archs(archs, start)
+        pretrain, pretrain_steps = f"--from {from_run}", 0
     pairs = plan(archs, methods, settings)
     commit = git_commit()  # the code the suite runs (HEAD may move while it runs)
     settings = replace(settings, curve_points=1)  # scoring every label is costly: once per task
@@ -95,24 +101,30 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
     for s in sources:
         all_tasks[s] = build_tasks(load_source(s), n_tasks, classes_per_task, train_per_class, test_per_class,
                                    settings.seed)
-    general = [load_domain(pretrain)]
-    base = get_recipe(recipe_name("transformer", settings.size))
-    task_texts = [it.text for ts in all_tasks.values() for t in ts for it in t.train]
-    digest = hashlib.sha256("\n".join(task_texts).encode()).hexdigest()[:16]
-    tokenizer = shared_tokenizer(base.data.tokenizer, [general[0], Corpus("tasks", task_texts, [], digest)],
-                                 base.data.vocab_size)
-    gen_tokens = prepare_tokens(general[0], tokenizer)
+    if start is None:
+        general = [load_domain(pretrain)]
+        base = get_recipe(recipe_name("transformer", settings.size))
+        task_texts = [it.text for ts in all_tasks.values() for t in ts for it in t.train]
+        digest = hashlib.sha256("\n".join(task_texts).encode()).hexdigest()[:16]
+        tokenizer = shared_tokenizer(base.data.tokenizer, [general[0], Corpus("tasks", task_texts, [], digest)],
+                                     base.data.vocab_size)
+        gen_tokens = prepare_tokens(general[0], tokenizer)
+    else:
+        tokenizer = run_tokenizer
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for s in sources:
         tasks = all_tasks[s]
         log(f"{s}: " + "; ".join(f"task {i + 1}: {', '.join(t.classes)}" for i, t in enumerate(tasks)))
     for arch, method in pairs:
-        cfg0 = run_config(arch, "seq", settings, tokenizer.vocab_size)
-        init = _pretrained(out, arch, cfg0, settings, gen_tokens, tokenizer, pretrain, pretrain_steps, progress, log)
+        if start is None:
+            cfg0 = run_config(arch, "seq", settings, tokenizer.vocab_size)
+            init = _pretrained(out, arch, cfg0, settings, gen_tokens, tokenizer, pretrain, pretrain_steps, progress, log)
+        else:
+            init = from_ckpt
         for s in sources:
             tasks = all_tasks[s]
-            cfg = run_config(arch, method, settings, tokenizer.vocab_size)
+            cfg = run_config(arch, method, settings, tokenizer.vocab_size, start)
             tc = cfg.train
             name = f"{Path(s).name}-{run_name(arch, method, settings)}"
             run_dir = out / "runs" / name

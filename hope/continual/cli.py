@@ -67,7 +67,8 @@ def cmd_lm(args) -> int:
     steps = math.ceil(args.tokens_per_stage / (tc.batch_size * tc.seq_len))
     out = Path(args.out or ("runs/continual/lm-quick" if args.quick else "runs/continual/lm"))
     _prepare_out(out, args.overwrite)
-    continual_lm(out, domains, archs, methods, _settings(args, steps), args.eval_tokens, progress=not args.no_progress)
+    continual_lm(out, domains, archs, methods, _settings(args, steps), args.eval_tokens, progress=not args.no_progress,
+                 from_run=args.from_run)
     return 0
 
 
@@ -82,7 +83,7 @@ def cmd_classify(args) -> int:
     _prepare_out(out, args.overwrite)
     continual_classify(out, sources, archs, methods, _settings(args, args.steps), args.tasks, args.classes_per_task,
                        args.train_per_class, args.test_per_class, args.pretrain, args.pretrain_steps,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, from_run=args.from_run)
     return 0
 
 
@@ -108,6 +109,9 @@ def _common(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="start the suite folder afresh")
     p.add_argument("--quick", action="store_true", help="debug-sized models, a few thousand tokens per stage")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN",
+                   help="start every run from this run folder's model, weights and tokenizer (e.g. hope stack's), "
+                        "trained with the Transformer recipe's train settings at --size")
 
 
 def register(sub) -> None:

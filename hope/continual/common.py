@@ -110,18 +110,46 @@ def parse_list(value: str | None, known: tuple[str, ...], what: str) -> list[str
     return items
 
 
-def run_config(arch: str, method: str, settings: Settings, vocab_size: int) -> Config:
+def run_config(arch: str, method: str, settings: Settings, vocab_size: int, base: Config | None = None) -> Config:
     """The recipe of `arch` at `settings.size`, with the suite's overrides, the optimizer, the shared
-    vocabulary, and (static_cms) every CMS level static."""
-    cfg = get_recipe(recipe_name(arch, settings.size))
-    overrides = list(settings.overrides) + [f"train.optimizer={settings.optimizer}", f"model.vocab_size={vocab_size}"]
-    cfg = apply_overrides(cfg, overrides)
+    vocabulary, and (static_cms) every CMS level static. With `base` (the config of a `--from` run),
+    that run's architecture and model, trained with the Transformer recipe's train section at
+    `settings.size` (and the overrides)."""
+    if base is None:
+        cfg = get_recipe(recipe_name(arch, settings.size))
+        overrides = [f"model.vocab_size={vocab_size}"]
+    else:
+        recipe = get_recipe(recipe_name("transformer", settings.size))
+        seq_len = min(recipe.train.seq_len, getattr(base.model, "max_seq_len", None) or recipe.train.seq_len)
+        cfg = Config(arch=base.arch, model=base.model, train=replace(recipe.train, seq_len=seq_len), data=base.data)
+        overrides = []
+    cfg = apply_overrides(cfg, list(settings.overrides) + [f"train.optimizer={settings.optimizer}"] + overrides)
     if method == "static_cms":
         if not has_cms(cfg):
             raise HopeError(f"method static_cms does not apply to {arch}: it has no learning CMS "
                             "(it applies to hope_attention and hope)")
         cfg = apply_overrides(cfg, ["model.cms_periods=" + ",".join("None" for _ in cfg.model.cms_periods)])
     return cfg
+
+
+def load_from_run(path) -> tuple[Config, object, Path]:
+    """(config, tokenizer, latest checkpoint) of the run folder `--from` names (`hope train`, `hope stack`)."""
+    from hope.data.tokenizer import load_tokenizer
+    from hope.runs import folder_kind
+
+    path = Path(path)
+    if folder_kind(path) != "run":
+        raise HopeError(f"--from takes a run folder (hope train --out, hope stack --out); {path} is a transformers folder")
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise HopeError(f"run folder {path} has no checkpoint yet")
+    return Config.load(path / "config.json"), load_tokenizer(path / "tokenizer.json"), ckpt
+
+
+def from_run_archs(archs: list[str] | None, base: Config) -> list[str]:
+    if archs is not None and archs != [base.arch]:
+        raise HopeError(f"--from runs its own architecture ({base.arch}); drop --archs or pass --archs {base.arch}")
+    return [base.arch]
 
 
 def plan(archs: list[str] | None, methods: list[str] | None, settings: Settings) -> list[tuple[str, str]]:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hope.continual.common import (Settings, Stage, all_finished_runs, has_cms, plan, prepare_run_dir,
-                                   recipe_name, run_config, run_name, run_stages, write_json)
+from hope.continual.common import (Settings, Stage, all_finished_runs, from_run_archs, has_cms, load_from_run, plan,
+                                   prepare_run_dir, recipe_name, run_config, run_name, run_stages, write_json)
 from hope.continual.metrics import summary
 from hope.continual.report import header, write_report
 from hope.data.corpus import load_corpus
@@ -113,14 +113,23 @@ def inference_forgetting(model, val_a: np.ndarray, val_b: np.ndarray, read_len: 
 
 
 def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods: list[str] | None,
-                 settings: Settings, eval_tokens: int, progress: bool = True, log=print) -> dict:
+                 settings: Settings, eval_tokens: int, progress: bool = True, log=print,
+                 from_run: str | None = None) -> dict:
     """Run every (architecture, method) of the plan on `domains`; write the report after each run.
-    Returns the results dict (also in `out/results.json`)."""
+    Returns the results dict (also in `out/results.json`). `from_run`: start every run from that run
+    folder's model, weights and tokenizer (a pretrained or level-stacked model) instead of a recipe."""
+    start, init = None, None
+    if from_run is not None:
+        start, tokenizer, init = load_from_run(from_run)
+        archs = from_run_archs(archs, start)
     pairs = plan(archs, methods, settings)
     commit = git_commit()  # the code the suite runs (HEAD may move while it runs)
     corpora = load_domains(domains)
     base = get_recipe(recipe_name("transformer", settings.size))
-    tokenizer = shared_tokenizer(base.data.tokenizer, corpora, base.data.vocab_size)
+    if start is None:
+        tokenizer = shared_tokenizer(base.data.tokenizer, corpora, base.data.vocab_size)
+    else:
+        base = run_config(start.arch, "seq", settings, tokenizer.vocab_size, start)
     tokens = [prepare_tokens(c, tokenizer) for c in corpora]
     for name, t in zip(domains, tokens):
         if len(t["train"]) < base.train.seq_len + 1:
@@ -131,13 +140,14 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
                                  for n, t in zip(labels, tokens)) + f"; tokenizer {tokenizer.kind} {tokenizer.vocab_size}")
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    suite = {"domains": labels, "eval_tokens": eval_tokens, **({"from": str(from_run)} if from_run else {})}
     for arch, method in pairs:
-        cfg = run_config(arch, method, settings, tokenizer.vocab_size)
+        cfg = run_config(arch, method, settings, tokenizer.vocab_size, start)
         tc = cfg.train
         name = run_name(arch, method, settings)
         run_dir = out / "runs" / name
         windows = [val_windows(t["val"], tc.seq_len, eval_tokens) for t in tokens]
-        result = prepare_run_dir(run_dir, cfg, settings, {"domains": labels, "eval_tokens": eval_tokens})
+        result = prepare_run_dir(run_dir, cfg, settings, suite)
         if result is None:
             log(f"{name}: {settings.steps} steps x {tc.batch_size} x {tc.seq_len} tokens per stage")
 
@@ -151,7 +161,8 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
 
             stages = _stages(tokens, labels, tc, method)
             try:
-                model, done = run_stages(run_dir, cfg, method, stages, score, settings, progress=progress, log=log)
+                model, done = run_stages(run_dir, cfg, method, stages, score, settings, init_from=init,
+                                         progress=progress, log=log)
             except DivergedError as e:
                 result = {"name": name, "arch": arch, "method": method, "optimizer": settings.optimizer, "diverged": str(e)}
             else:
@@ -162,7 +173,7 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
                         model, tokens[0]["val"], tokens[1]["val"], read_len=L, b_len=2 * L, probe_len=L // 2)}
             write_json(run_dir / "result.json", result)
         runs.append(result)
-        every = all_finished_runs(out, runs, settings, {"domains": labels, "eval_tokens": eval_tokens})
+        every = all_finished_runs(out, runs, settings, suite)
         results = header("lm", settings, {"git_commit": commit, "domains": labels,
                                           "tokens_per_stage": settings.steps * tc.batch_size * tc.seq_len,
                                           "eval_tokens": eval_tokens, "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}",

@@ -178,6 +178,7 @@ def register(subparsers) -> None:
         ["lambada", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "siqa", "boolq"]) + " or all")
     q.add_argument("--limit", type=int, default=None, help="first N examples of each task")
     q.add_argument("--learn", action="store_true", help="CMS models learn from each context while reading it")
+    q.add_argument("--state", default=None, help="a learned-state file (hope learn): every context starts from it")
     q.add_argument("--no-progress", action="store_true")
     q.add_argument("--out", default=None, help="write the results as JSON")
     q.set_defaults(func=cmd_eval_harness, batch_size=16)

@@ -7,8 +7,8 @@ a function of position in the context (the paper's context-usage figure).
   models score each block of `window` tokens after up to `max_seq_len - window` tokens of context;
 * `independent`: non-overlapping windows of `window` tokens, each from a fresh state (what
   training's validation measures);
-* for models with `read` (the Continuum Memory System), `carried` twice: CMS learning in context on
-  (`carried_learn`) and off.
+* for models with `read` (the Continuum Memory System), each mode twice: CMS learning in context on
+  (`carried_learn`, `independent_learn`: every window learns from itself as it reads) and off.
 
 `context_curve(model, tokenizer, docs, length)` cuts long documents into pieces of `length` tokens,
 reads each piece from a fresh state and averages the loss at every position (again with in-context
@@ -42,6 +42,8 @@ def perplexity(model, tokenizer, docs: list[str], window: int, max_tokens: int |
     for mode in modes:
         if mode == "independent":
             runs.append(("independent", lambda: independent_nll(model, ids, window, batch_size)))
+            if learn and hasattr(model, "read") and getattr(model, "cms_segment", None) is not None:
+                runs.append(("independent_learn", lambda: independent_nll(model, ids, window, batch_size, learn=True)))
         elif mode == "carried":
             runs.append(("carried", lambda: carried_nll(model, ids, window, False, streams, batch_size)))
             if learn and hasattr(model, "read") and getattr(model, "cms_segment", None) is not None:

@@ -17,10 +17,13 @@ DOCS = ["First document, long enough to be cut into pieces. " * 6, "Second one, 
 def test_perplexity_modes(tiny_model, byte_tok):
     model = tiny_model("hope")
     res = perplexity(model, byte_tok, DOCS, window=32, streams=2, log=lambda *a: None)
-    assert set(res) == {"carried", "carried_learn", "independent"}
+    assert set(res) == {"carried", "carried_learn", "independent", "independent_learn"}
     ids = stream_ids(DOCS, byte_tok)
     nll = independent_nll(model, ids, 32)
     assert res["independent"]["loss"] == pytest.approx(float(nll.mean()), rel=1e-9)
+    learned = independent_nll(model, ids, 32, learn=True)
+    assert res["independent_learn"]["loss"] == pytest.approx(float(learned.mean()), rel=1e-9)
+    assert not torch.allclose(nll, learned)  # the CMS learned within each window
     assert res["independent"]["bpb"] == pytest.approx(float(nll.sum()) / (len(ids) - 1) / math.log(2), rel=1e-9)
     assert res["carried"]["tokens"] == len(ids) - 1
 
