@@ -109,7 +109,7 @@ def cmd_learn(args) -> int:
     device = next(run.model.parameters()).device
     learned = load_state(args.state, fp, device) if args.state else None
     if learned is not None:
-        print(f"continuing from {args.state}: {describe(learned)}")
+        print(f"continuing from {args.state}: {describe(learned, run.model)}")
     done = {"state": learned}
 
     def keep(state):
@@ -128,7 +128,7 @@ def cmd_learn(args) -> int:
     save_state(args.state_out, learned, fp)
     loss = f", loss while reading {stats['loss']:.4f} nats/token" if stats["loss"] is not None else ""
     print(f"read {stats['documents']} documents ({stats['tokens']:,} tokens{loss}); skipped {stats['skipped']} read "
-          f"before; wrote {args.state_out}: {describe(learned)}")
+          f"before; wrote {args.state_out}: {describe(learned, run.model)}")
     return 0
 
 

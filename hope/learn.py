@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -187,11 +186,27 @@ def load_state(path, model_fingerprint: dict | None = None, device="cpu") -> dic
     return {"cms": cms, "pos": int(meta["pos"]), "documents": json.loads(meta["documents"])}
 
 
-def describe(learned: dict) -> str:
-    moved = [math.sqrt(sum(float(t.pow(2).sum()) for d in cms["delta"] if d is not None for t in d.values()))
-             for cms in learned["cms"]]
-    return (f"{len(learned.get('documents', []))} documents, {learned['pos']:,} tokens read; fast-weight norm per "
-            f"layer {min(moved):.3g} .. {max(moved):.3g}")
+@torch.no_grad()
+def level_movement(model, learned: dict) -> dict:
+    """How far each CMS level moved: per period, the mean over layers of ||Delta|| / ||theta|| (the fast
+    weights against the meta-learned weights of that level, both projections together)."""
+    out: dict = {}
+    for block, cms in zip(model.blocks, learned["cms"]):
+        for period, level, d in zip(block.cms.periods, block.cms.levels, cms["delta"]):
+            if d is None:
+                continue
+            theta = level.gate_up.weight.pow(2).sum() + level.down.weight.pow(2).sum()
+            delta = d["w1"].pow(2).sum() + d["w2"].pow(2).sum()
+            out.setdefault(period, []).append(float((delta / theta).sqrt()))
+    return {p: sum(v) / len(v) for p, v in out.items()}
+
+
+def describe(learned: dict, model=None) -> str:
+    text = f"{len(learned.get('documents', []))} documents, {learned['pos']:,} tokens read"
+    if model is not None:
+        moved = level_movement(model, learned)
+        text += "; ||fast weights|| / ||weights|| by period: " + ", ".join(f"{p}: {v:.2e}" for p, v in moved.items())
+    return text
 
 
 def use_state(loaded, path) -> dict:

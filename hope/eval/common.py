@@ -40,7 +40,7 @@ def load_for_eval(args):
     if getattr(args, "state", None):
         from hope.learn import describe, use_state
 
-        print(f"learned state {args.state}: {describe(use_state(r, args.state))}")
+        print(f"learned state {args.state}: {describe(use_state(r, args.state), r.model)}")
     return Path(args.run).name, r.model, r.tokenizer, r.cfg
 
 
