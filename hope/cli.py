@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--periods", default="none,512,64",
                    help="CMS period of each level, slowest first; none = static (default none,512,64); the number "
                         "of levels must divide the MLP width")
-    p.add_argument("--cms-lr", type=float, default=1e-3, help="CMS fast-weight learning rate (default 1e-3)")
+    p.add_argument("--cms-lr", type=float, default=0.1, help="CMS fast-weight learning rate (default 0.1)")
     p.add_argument("--cms-decay", type=float, default=0.0, help="CMS retention towards the meta-learned weights")
     p.add_argument("--max-seq-len", type=int, default=2048, help="longest context (default 2048)")
     p.add_argument("--out", required=True, help="run folder to write")

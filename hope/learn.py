@@ -130,6 +130,8 @@ def save_state(path, learned: dict, model_fingerprint: dict) -> None:
     """Write `learned` atomically (a temporary file, fsync, rename): an interrupted write leaves the old file."""
     from safetensors.torch import save_file
 
+    from hope.checkpoint import match_umask
+
     path = Path(path)
     tensors, layout = _flatten(learned)
     meta = {"format": FORMAT, "fingerprint": json.dumps(model_fingerprint, sort_keys=True),
@@ -141,6 +143,7 @@ def save_state(path, learned: dict, model_fingerprint: dict) -> None:
         save_file(tensors, str(tmp), metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        match_umask(tmp)  # the user's umask, as every file a run writes
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -82,7 +82,7 @@ def _rope_theta(c) -> float:
     return float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
 
 
-def stack_llama(hf_model, periods: tuple, cms_lr: float = 1e-3, cms_decay: float = 0.0,
+def stack_llama(hf_model, periods: tuple, cms_lr: float = 0.1, cms_decay: float = 0.0,
                 max_seq_len: int | None = 2048):
     """The Hope-Attention model (and its config) of a transformers Llama model, levels stacked.
 
@@ -146,7 +146,7 @@ def hope_tokenizer(hf_tokenizer):
     return BPETokenizer(tok, "bpe")
 
 
-def write_stacked_run(out, source: str, periods: tuple, cms_lr: float = 1e-3, cms_decay: float = 0.0,
+def write_stacked_run(out, source: str, periods: tuple, cms_lr: float = 0.1, cms_decay: float = 0.0,
                       max_seq_len: int | None = 2048, overrides: list[str] | None = None,
                       overwrite: bool = False, log=print) -> Path:
     """`hope stack`: a run folder (config.json, tokenizer.json, run.json, checkpoint step 0 without
