@@ -7,6 +7,10 @@ import pytest
 import hope  # noqa: F401  (before torch: sets OMP_WAIT_POLICY=PASSIVE, see hope/__init__.py)
 import torch
 
+# the user's data folder, for the slow tests that read prepared data (the tests themselves get a fresh one)
+USER_HOPE_CACHE = os.environ.get("HOPE_CACHE") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hope")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _hope_cache(tmp_path_factory):

@@ -194,3 +194,25 @@ def test_continual_benchmarks_start_from_a_stacked_run(stacked_run, tmp_path, ca
                  "--methods", "seq", "--set", "train.batch_size=2", "--out", str(tmp_path / "cls")]) == 0
     res = json.loads((tmp_path / "cls" / "results.json").read_text())
     assert res["pretrain"].startswith("--from") and all(0 <= v <= 1 for v in res["runs"][0]["R_acc"][-1])
+
+
+@pytest.mark.slow
+def test_stacked_smollm2_computes_smollm2s_logits(monkeypatch):
+    """The real model (about a minute): skipped unless `hope data get smollm2` ran and gguf is installed."""
+    pytest.importorskip("gguf")
+    from conftest import USER_HOPE_CACHE
+
+    monkeypatch.setenv("HOPE_CACHE", USER_HOPE_CACHE)
+    from hope.data.registry import read_manifest
+    from hope.stack import load_llama, stack_llama
+
+    if read_manifest("smollm2") is None:
+        pytest.skip("SmolLM2 is not prepared (hope data get smollm2)")
+    hf, tok = load_llama("smollm2")
+    model, cfg = stack_llama(hf, (None, 512, 64), cms_lr=0.0)
+    assert (cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.cms_hidden) == (30, 9, 3, 512)
+    x = torch.tensor([tok("In the beginning God created the heaven and the earth.")["input_ids"]])
+    with torch.no_grad():
+        ref = hf(x).logits
+        out, _ = model(x)
+    assert (out - ref).abs().max() <= 1e-4, float((out - ref).abs().max())
