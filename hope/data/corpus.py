@@ -106,47 +106,6 @@ def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
     if sum(len(t) for t in texts) < 1000:
         raise HopeError(f"data path {p} holds only {sum(len(t) for t in texts)} characters; need at least 1000")
     train, val = _split(names, texts, val_fraction)
-    digest = hashlib.sha256(raw + f"|{val_fraction}".encode()).hexdigest()[:16]
-    return Corpus("shakespeare", train, val, digest)
-
-
-def load_path(path: str | os.PathLike, val_fraction: float = 0.1) -> Corpus:
-    """A UTF-8 text file, or every text file under a folder (recursively), split by file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise HopeError(f"data path {p} does not exist")
-    skipped: dict[str, int] = {}
-    if p.is_dir():
-        visible = [f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
-        files = sorted(f for f in visible if f.suffix.lower() in TEXT_SUFFIXES)
-        for f in visible:
-            if f.suffix.lower() not in TEXT_SUFFIXES:
-                skipped[f.suffix.lower()] = skipped.get(f.suffix.lower(), 0) + 1
-        if not files:
-            raise HopeError(f"data folder {p} holds no text files ({', '.join(s for s in TEXT_SUFFIXES if s)})")
-    else:
-        files = [p]
-    names, texts = [], []
-    h = hashlib.sha256()
-    for f in files:
-        data = f.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise HopeError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        if "\x00" in text:
-            raise HopeError(f"{f} looks binary (contains NUL bytes), not text")
-        if not text.strip():
-            continue
-        rel = str(f.relative_to(p)) if p.is_dir() else f.name
-        names.append(rel)
-        texts.append(text)
-        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    if not texts:
-        raise HopeError(f"data path {p} holds no text (all files are empty)")
-    if sum(len(t) for t in texts) < 1000:
-        raise HopeError(f"data path {p} holds only {sum(len(t) for t in texts)} characters; need at least 1000")
-    train, val = _split(names, texts, val_fraction)
     h.update(f"|{val_fraction}".encode())
     return Corpus(p.name, train, val, h.hexdigest()[:16], skipped)
 
