@@ -216,3 +216,11 @@ def test_stacked_smollm2_computes_smollm2s_logits(monkeypatch):
         ref = hf(x).logits
         out, _ = model(x)
     assert (out - ref).abs().max() <= 1e-4, float((out - ref).abs().max())
+
+
+def test_learn_refuses_a_model_with_nothing_to_learn(run_dir, stacked_run, tmp_path, capsys):
+    _, docs, _ = stacked_run
+    msg = error_of(capsys, ["learn", "--run", str(run_dir), "--data", str(docs), "--state-out", str(tmp_path / "s")])
+    assert "no Continuum Memory System that learns" in msg and not (tmp_path / "s").exists()
+    assert "does not exist" in error_of(capsys, ["learn", "--run", str(run_dir), "--data", str(tmp_path / "none"),
+                                                 "--state-out", str(tmp_path / "s")])
