@@ -51,12 +51,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_stack(args) -> int:
-    from hope.config import _coerce
-    from hope.stack import write_stacked_run
+    from hope.stack import parse_periods, write_stacked_run
 
     if (args.gguf is None) == (args.hf is None):
         raise HopeError("pass one of --gguf (a .gguf file or smollm2) and --hf (a transformers folder)")
-    periods = _coerce(args.periods, tuple[int | None, ...], "--periods")
+    periods = parse_periods(args.periods)
     write_stacked_run(args.out, args.gguf or args.hf, periods, args.cms_lr, args.cms_decay, args.max_seq_len,
                       args.set, args.overwrite)
     print(f"next: hope train --resume --out {args.out} --data CORPUS --set train.steps=N   (continual pre-training)\n"

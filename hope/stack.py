@@ -131,6 +131,19 @@ def stack_llama(hf_model, periods: tuple, cms_lr: float = 0.1, cms_decay: float 
     return model.eval(), cfg
 
 
+def parse_periods(text: str) -> tuple:
+    """`none,512,64` -> (None, 512, 64) (`none` or `static`: a static level)."""
+    periods = []
+    for item in (t.strip().lower() for t in text.split(",")):
+        if item in ("none", "null", "static"):
+            periods.append(None)
+        elif item.isdigit() and int(item) > 0:
+            periods.append(int(item))
+        else:
+            raise HopeError(f"--periods takes positive integers or none, comma-separated; got {text!r}")
+    return tuple(periods)
+
+
 def hope_tokenizer(hf_tokenizer):
     """This project's tokenizer (`hope.data.tokenizer.BPETokenizer`) of a transformers fast tokenizer."""
     from tokenizers import Tokenizer

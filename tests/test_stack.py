@@ -61,6 +61,11 @@ def test_stacking_refuses_what_it_cannot_copy():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(HopeError, match="Llama-architecture"):
         stack_llama(gpt2, (None,))
+    from hope.stack import parse_periods
+
+    assert parse_periods("none, 512,64") == (None, 512, 64)
+    with pytest.raises(HopeError, match="positive integers or none"):
+        parse_periods("none,-4")
 
 
 @pytest.fixture(scope="module")
