@@ -192,14 +192,15 @@ def load_state(path, model_fingerprint: dict | None = None, device="cpu") -> dic
 @torch.no_grad()
 def level_movement(model, learned: dict) -> dict:
     """How far each CMS level moved: per period, the mean over layers of ||Delta|| / ||theta|| (the fast
-    weights against the meta-learned weights of that level, both projections together)."""
+    weights against the meta-learned weights of that level, both projections together; for several
+    streams, the root mean square over them)."""
     out: dict = {}
     for block, cms in zip(model.blocks, learned["cms"]):
         for period, level, d in zip(block.cms.periods, block.cms.levels, cms["delta"]):
             if d is None:
                 continue
             theta = level.gate_up.weight.pow(2).sum() + level.down.weight.pow(2).sum()
-            delta = d["w1"].pow(2).sum() + d["w2"].pow(2).sum()
+            delta = (d["w1"].pow(2).sum() + d["w2"].pow(2).sum()) / d["w1"].shape[0]
             out.setdefault(period, []).append(float((delta / theta).sqrt()))
     return {p: sum(v) / len(v) for p, v in out.items()}
 

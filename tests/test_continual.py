@@ -160,7 +160,10 @@ def test_lm_quick_smoke_and_resume(tmp_path, capsys):
     first = json.loads((out / "runs" / "transformer-seq-adamw" / "result.json").read_text())
     assert np.array(first["R_loss"]).shape == (2, 2) and len(first["baseline"]) == 2
     assert all(math.isfinite(v) for v in first["metrics"].values() if v is not None)
-    assert "inference_forgetting" in runs["hope_attention-seq-adamw"]
+    probe = runs["hope_attention-seq-adamw"]["inference_forgetting"]["modes"]
+    # how far each learning level moved while reading, by period
+    moved = probe["learn"]["moved_after_b"]
+    assert "moved_after_b" not in probe["frozen"] and all(v > 0 for v in moved.values()) and len(moved) >= 1
     assert "inference_forgetting" not in runs["hope_attention-static_cms-adamw"]
     assert (out / "results.md").read_text().count("| hope_attention |") >= 2
     assert (out / "results.md").read_text().count("| transformer |") >= 4

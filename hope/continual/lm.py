@@ -84,8 +84,12 @@ def inference_forgetting(model, val_a: np.ndarray, val_b: np.ndarray, read_len: 
     Row r reads `read_len` tokens of A's validation split, is probed on the next `probe_len` tokens
     (from a copy of the state, without learning), then reads `b_len` tokens of B's and is probed
     again. Per mode (`learn`: the CMS learns in context while reading; `frozen`: it does not) the
-    mean probe loss in nats/token: {"fresh", "after_a", "after_b"}.
+    mean probe loss in nats/token: {"fresh", "after_a", "after_b"}; with learning, also how far each
+    CMS level moved (`moved_after_a`, `moved_after_b`: period -> ||fast weights|| / ||weights||,
+    `hope.learn.level_movement`).
     """
+    from hope.learn import level_movement
+
     need_a, need_b = read_len + probe_len + 1, b_len
     rows = max(1, min(rows, len(val_a) // need_a, len(val_b) // need_b))
     if len(val_a) < need_a or len(val_b) < need_b:
@@ -107,8 +111,13 @@ def inference_forgetting(model, val_a: np.ndarray, val_b: np.ndarray, read_len: 
         fresh = probe_loss(None)
         _, state = model.read(read, None, learn=learn)
         after_a = probe_loss(state)
+        moved_a = level_movement(model, model.learned_part(state))
         _, state = model.read(b, state, learn=learn)
         out["modes"][mode] = {"fresh": fresh, "after_a": after_a, "after_b": probe_loss(state)}
+        if learn:
+            out["modes"][mode].update(moved_after_a={str(k): v for k, v in moved_a.items()},
+                                      moved_after_b={str(k): v for k, v in
+                                                     level_movement(model, model.learned_part(state)).items()})
     return out
 
 
