@@ -101,6 +101,9 @@ def test_a_stacked_run_folder_serves_every_command(stacked_run, tmp_path, capsys
         assert (loaded.model(x)[0] - hf(x).logits).abs().max() <= 1e-5
     assert main(["generate", "--run", str(run), "--prompt", "Line 3", "--max-new-tokens", "5"]) == 0
     assert main(["eval", "ppl", "--run", str(run), "--modes", "independent", "--window", "32"]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0  # GQA config fields included
+    with torch.no_grad():
+        assert torch.equal(load_run(tmp_path / "hf").model(x)[0], loaded.model(x)[0])
     # continual pre-training: a fresh optimizer on the chosen parameters, the data changed on resume
     assert main(["train", "--resume", "--out", str(run), "--no-progress", "--data", str(docs / "doc1.txt"),
                  "--set", "train.trainable=cms,norm"]) == 0
