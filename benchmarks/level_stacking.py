@@ -9,7 +9,9 @@ Arms, each from the same pretrained weights and the same `--tokens` of the new d
 * `finetune`: `hope stack --periods none,none,none` (every level static: the pretrained model
   exactly), the same training: plain fine-tuning;
 * `learn`: the `cms` model before training reads the same tokens with `hope learn` (no optimizer) and
-  is evaluated from the learned state.
+  is evaluated from the learned state;
+* `lora`: the `finetune` model with rank-16 LoRA adapters (peft) on its attention and MLP projections,
+  trained on the same batches with its own learning rate (`--lora-lr`, 1e-3: LoRA's usual 10x), merged.
 Before and after: perplexity on the domain's and on `wiki`'s validation split (`hope eval ppl`,
 independent windows; CMS models also with their levels learning from each window, `*_learn`), and
 zero-shot accuracy (`hope eval harness`, PIQA / ARC-Easy / HellaSwag, the first `--limit` examples).
@@ -72,10 +74,64 @@ def evaluate(run: Path, tag: str, args, state: Path | None = None) -> None:
              "--no-progress", "--out", str(out), *extra)
 
 
+def train_lora(run: Path, rank: int, lr: float) -> None:
+    """LoRA (peft) on the attention and MLP projections of the static stacked model in `run`, trained on
+    the batches `hope train --resume` reads (the same seeds, schedule, clipping and tokens), then merged
+    into the weights and written as the run's checkpoint at the last step."""
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from hope.checkpoint import save_checkpoint
+    from hope.data.corpus import load_corpus
+    from hope.data.tokens import get_batch, prepare_tokens
+    from hope.models import build_model
+    from hope.runs import load_run
+    from hope.schedule import lr_at
+
+    loaded = load_run(run)
+    cfg, tc = loaded.cfg, loaded.cfg.train
+    tokens = prepare_tokens(load_corpus(cfg.data.corpus, cfg.data.val_fraction), loaded.tokenizer)
+    torch.manual_seed(tc.seed)
+    model = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                               target_modules=["qkv", "proj", "gate_up", "down"]), loaded.model)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+        if "lora_" in name:
+            params.append(p)
+    print(f"LoRA rank {rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters", flush=True)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(tc.beta1, tc.beta2), weight_decay=0.0)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(1, tc.steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_at(step - 1, tc)
+        gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 65_537)  # hope train's batches
+        x, y = get_batch(tokens["train"], tc.batch_size, tc.seq_len, gen)
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+        print(f"  step {step}: loss {loss.item():.4f} ({step * x.numel() / (time.perf_counter() - t0):.0f} tokens/s)",
+              flush=True)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "merge") and hasattr(module, "base_layer"):
+                module.merge()
+        merged = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
+        plain = build_model(cfg.arch, cfg.model)
+        plain.load_state_dict(merged)
+    save_checkpoint(run, tc.steps, plain, None, {"tokens": tc.steps * tc.batch_size * tc.seq_len})
+
+
 def table(args) -> str:
     rows = []
     for tag, label in (("before", "pretrained (before)"), ("cms", "CMS level stacking, trained"),
-                       ("finetune", "plain fine-tuning"), ("learn", "CMS learning in context only")):
+                       ("finetune", "plain fine-tuning"), ("lora", "LoRA fine-tuning"),
+                       ("learn", "CMS learning in context only")):
         ppl = {d: json.loads((OUT / f"ppl_{tag}_{d}.json").read_text())["results"] for d in (args.domain, "wiki")
                if (OUT / f"ppl_{tag}_{d}.json").exists()}
         h = OUT / f"harness_{tag}.json"
@@ -104,6 +160,8 @@ def main() -> int:
     ap.add_argument("--cms-lr", type=float, default=0.1, help="CMS fast-weight learning rate of the stacked model")
     ap.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens per perplexity")
     ap.add_argument("--limit", type=int, default=100, help="examples per zero-shot task")
+    ap.add_argument("--lora-rank", type=int, default=16, help="LoRA rank of the lora arm (needs peft)")
+    ap.add_argument("--lora-lr", type=float, default=1e-3, help="peak learning rate of the lora arm")
     args = ap.parse_args()
     work = Path(args.work)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -112,7 +170,8 @@ def main() -> int:
     common = [f"data.corpus={args.domain}", f"train.steps={steps}", f"train.batch_size={batch}", f"train.seq_len={seq}",
               f"train.lr={args.lr}", "train.warmup_steps=4", f"train.eval_every={steps}", f"train.ckpt_every={steps}",
               "train.eval_tokens=4096", "train.sample_tokens=0", "train.log_every=1"]
-    for arm, periods in (("cms", "none,512,64"), ("finetune", "none,none,none"), ("learn", "none,512,64")):
+    for arm, periods in (("cms", "none,512,64"), ("finetune", "none,none,none"), ("learn", "none,512,64"),
+                         ("lora", "none,none,none")):
         if not (work / arm / "config.json").exists():
             hope("stack", "--gguf", "smollm2", "--periods", periods, "--cms-lr", str(args.cms_lr), "--out",
                  str(work / arm), "--overwrite", "--set", *common)
@@ -128,6 +187,9 @@ def main() -> int:
         if not (work / arm / "checkpoints" / f"step-{steps:07d}").exists():
             hope("train", "--resume", "--out", str(work / arm), "--no-progress")
         evaluate(work / arm, arm, args)
+    if not (work / "lora" / "checkpoints" / f"step-{steps:07d}").exists():
+        train_lora(work / "lora", args.lora_rank, args.lora_lr)
+    evaluate(work / "lora", "lora", args)
     md = (f"# Level stacking: what SmolLM2-135M keeps when it adapts to {args.domain}\n\n"
           f"`python benchmarks/level_stacking.py --domain {args.domain} --tokens {args.tokens} --lr {args.lr} "
           f"--cms-lr {args.cms_lr} --eval-tokens {args.eval_tokens} --limit {args.limit}`; {steps} steps of "
