@@ -86,14 +86,20 @@ class TrainConfig:
             raise HopeError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise HopeError(f"train.parallel must be ddp or fsdp; got {self.parallel!r}")
-        groups = [g.strip() for g in self.trainable.split(",")]
-        if self.trainable != "all" and (not all(groups) or any(g not in TRAINABLE for g in groups)):
+        groups = self.trainable_groups
+        if groups is not None and (not all(groups) or any(g not in TRAINABLE for g in groups)):
             raise HopeError(f"train.trainable must be all or a comma-separated subset of {','.join(TRAINABLE)}; "
                             f"got {self.trainable!r}")
         from hope.optim import OPTIMIZER_NAMES
 
         if self.optimizer not in OPTIMIZER_NAMES:
             raise HopeError(f"train.optimizer must be one of {', '.join(OPTIMIZER_NAMES)}; got {self.optimizer!r}")
+
+
+    @property
+    def trainable_groups(self) -> set[str] | None:
+        """The groups `trainable` names (None: all parameters)."""
+        return None if self.trainable == "all" else {g.strip() for g in self.trainable.split(",")}
 
 
 # `train.trainable` groups, by where a parameter sits (`trainable_group`): the channel mixers (CMS levels

@@ -171,10 +171,11 @@ def write_stacked_run(out, source: str, periods: tuple, cms_lr: float = 0.1, cms
     from hope.config import Config, DataConfig, TrainConfig, apply_overrides
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise HopeError(f"run folder {out} already exists; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    exists = out.exists() and any(out.iterdir())
+    if exists and not overwrite:
+        raise HopeError(f"run folder {out} already exists; pass --overwrite to replace it")
+    if any(not o.startswith(("train.", "data.")) for o in overrides or []):
+        raise HopeError("hope stack --set takes train.* and data.* keys; the model's come from the pretrained one")
     t0 = time.perf_counter()
     hf_model, hf_tok = load_llama(source)
     tokenizer = hope_tokenizer(hf_tok)
@@ -186,9 +187,9 @@ def write_stacked_run(out, source: str, periods: tuple, cms_lr: float = 0.1, cms
                         eval_tokens=16384, ckpt_every=50, sample_tokens=60, num_samples=1)
     cfg = Config(arch="hope_attention", model=mcfg, train=train,
                  data=DataConfig(corpus="wiki", tokenizer="bpe", vocab_size=tokenizer.vocab_size))
-    if any(not o.startswith(("train.", "data.")) for o in overrides or []):
-        raise HopeError("hope stack --set takes train.* and data.* keys; the model's come from the pretrained one")
     cfg = apply_overrides(cfg, list(overrides or []))
+    if exists:
+        shutil.rmtree(out)  # only now: a model that fails to load or stack leaves the old folder alone
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
     atomic_write_text(out / "tokenizer.json", tokenizer.to_json())

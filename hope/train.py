@@ -312,12 +312,11 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
         # bf16 parameters on a GPU, except where the in-context state is made from them (docs/DEVIATIONS.md)
         parallel.shard(model, bf16_params=use_bf16 and device.type == "cuda" and not parallel.has_param_state(model))
     named = list(model.named_parameters())
-    if tc.trainable != "all":
+    if tc.trainable_groups is not None:
         if fsdp:
             raise HopeError("train.trainable other than all does not support train.parallel=fsdp yet; use ddp")
-        groups = {g.strip() for g in tc.trainable.split(",")}
         for name, p in named:
-            p.requires_grad_(trainable_group(name) in groups)
+            p.requires_grad_(trainable_group(name) in tc.trainable_groups)
         named = [(n, p) for n, p in named if p.requires_grad]
         if not named:
             raise HopeError(f"train.trainable={tc.trainable} selects no parameter of {cfg.arch}")

@@ -39,14 +39,15 @@ def perplexity(model, tokenizer, docs: list[str], window: int, max_tokens: int |
     targets = ids[1:]
     tb = tokenizer.token_bytes
     runs = []
+    learns = learn and hasattr(model, "read") and getattr(model, "cms_segment", None) is not None
     for mode in modes:
         if mode == "independent":
             runs.append(("independent", lambda: independent_nll(model, ids, window, batch_size)))
-            if learn and hasattr(model, "read") and getattr(model, "cms_segment", None) is not None:
+            if learns:
                 runs.append(("independent_learn", lambda: independent_nll(model, ids, window, batch_size, learn=True)))
         elif mode == "carried":
             runs.append(("carried", lambda: carried_nll(model, ids, window, False, streams, batch_size)))
-            if learn and hasattr(model, "read") and getattr(model, "cms_segment", None) is not None:
+            if learns:
                 runs.append(("carried_learn", lambda: carried_nll(model, ids, window, True, streams, batch_size)))
         else:
             raise HopeError(f"unknown mode {mode!r}; use carried, independent")

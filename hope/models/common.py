@@ -103,7 +103,9 @@ class CMSLanguageModel(nn.Module):
         def expand(t):
             return t.expand(batch_size, *t.shape[1:]).clone()
 
-        blocks = [{**f, "cms": tree_map(expand, c)} for f, c in zip(self.fresh_state(batch_size)["blocks"], learned["cms"])]
+        # only the mixers start fresh: a fresh CMS state (zero fast weights) would be built and thrown away
+        blocks = [{"mixer": b.mixer.init_state(batch_size), "cms": tree_map(expand, c)}
+                  for b, c in zip(self.blocks, learned["cms"])]
         return {"blocks": blocks, "pos": learned["pos"]}
 
     def forward(self, tokens: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
