@@ -24,7 +24,7 @@ def cmd_bench(args) -> int:
     import torch
 
     from hope.bench import formal, mad, niah
-    from hope.bench.common import ARCHS, ModelShape, run_suite
+    from hope.bench.common import ARCHS, ModelShape, parse_overrides, run_suite
 
     suite = {"formal": formal, "mad": mad, "niah": niah}[args.suite]
     archs = _csv(args.models) or list(ARCHS)
@@ -38,7 +38,8 @@ def cmd_bench(args) -> int:
         if not v > 0:
             raise HopeError(f"--{k.replace('_', '-')} must be > 0, got {v}")
     budget = dataclasses.replace(budget, **changes)
-    shape = ModelShape(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, memory=args.memory)
+    shape = ModelShape(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, memory=args.memory,
+                       overrides=parse_overrides(args.set, archs))
     names = _csv(args.tasks)
     tasks = suite.tasks(args.quick, names, seed=args.seed)
     if args.threads:
@@ -68,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=2)
     p.add_argument("--memory", default="mlp", choices=["mlp", "linear"], help="main memory of Titans and Hope")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model config field: model.FIELD=VALUE (every model that has it) or ARCH.FIELD=VALUE "
+                        "(e.g. hope.dgd_eta_max=1.9, titans.dgd=true); repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--overwrite", action="store_true", help="retrain pairs already in --out")

@@ -84,11 +84,46 @@ class ModelShape:
     n_layers: int = 2
     n_heads: int = 2
     memory: str = "mlp"  # main memory of Titans and Hope: mlp | linear (Hope's projection memories are linear)
+    overrides: tuple[tuple[str, str, str], ...] = ()  # (arch or "model", field, value) from `--set`
+
+
+def parse_overrides(items, archs) -> tuple[tuple[str, str, str], ...]:
+    """`--set` items `model.FIELD=VALUE` (every model whose config has FIELD) or `ARCH.FIELD=VALUE`
+    (one model) as `(target, field, value)`; a field no chosen model has is an error."""
+    out = []
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        target, _, name = key.strip().partition(".")
+        if not eq or not name:
+            raise HopeError(f"--set {item!r} must look like model.FIELD=VALUE or ARCH.FIELD=VALUE")
+        if target != "model" and target not in ARCHS:
+            raise HopeError(f"--set {item!r}: the part before the dot must be model or one of {', '.join(ARCHS)}")
+        scope = [a for a in archs if target in ("model", a)]
+        classes = {a: type(_config(a, ModelShape(), 16, 16, 16, 8)) for a in scope}
+        if not scope or not any(name in {f.name for f in dataclasses.fields(c)} for c in classes.values()):
+            fields = sorted({f.name for c in classes.values() for f in dataclasses.fields(c)})
+            raise HopeError(f"--set {item!r}: no chosen model has the field {name!r}"
+                            + (f"; fields: {', '.join(fields)}" if fields else ""))
+        out.append((target, name, value.strip()))
+    return tuple(out)
+
+
+def _apply_overrides(arch: str, cfg, overrides):
+    from hope.config import _build
+
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    changed = {name: value for target, name, value in overrides if target in ("model", arch) and name in values}
+    return _build(type(cfg), {**values, **changed}, "model") if changed else cfg
 
 
 # ---------------------------------------------------------------- models
 
 def _config(arch: str, shape: ModelShape, vocab_size: int, train_len: int, max_len: int, width: int):
+    cfg = _base_config(arch, shape, vocab_size, train_len, max_len, width)
+    return _apply_overrides(arch, cfg, shape.overrides)
+
+
+def _base_config(arch: str, shape: ModelShape, vocab_size: int, train_len: int, max_len: int, width: int):
     shared = dict(vocab_size=vocab_size, d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads)
     period = CHUNK * math.ceil(train_len / CHUNK)  # the shortest CMS period covers a training sequence
     if arch == "transformer":

@@ -54,8 +54,9 @@ class MemoryBank(nn.Module):
     Args:
         rule: the inner rule (`hope.ops.rule.InnerRule`): kind, expansion, activation, chunk size,
             DGD, the stability switches and recompute. `rule.mean_step`: `update` passes
-            `eta / chunk_size` to the op, so a mini-batch takes the step of its *mean* gradient and
-            `eta` bounds the whole chunk's step however correlated its keys (docs/DEVIATIONS.md).
+            `eta / chunk_size` as the write's rate, so a mini-batch takes the step of its *mean*
+            gradient and `eta` bounds the whole chunk's step however correlated its keys, while the
+            DGD factor keeps the token's `eta` (`InnerRule.rates`; docs/DEVIATIONS.md).
         n: number of memories (stacked on the head axis in the stream state).
         n_heads: H.
         head_dim: D (input and output width of every memory).
@@ -132,15 +133,15 @@ class MemoryBank(nn.Module):
             out = torch.einsum("bnhij,btnhj->btnhi", W, xs.expand(-1, -1, n, -1, -1))
         return out.flatten(2, 3)
 
-    def update(self, state, q, k, v, eta, alpha, beta):
+    def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None):
         """Run the inner rule (SPEC 3) from `state`; returns (reads, new state).
 
         q: [B, T, Hq, D] queries of the last Hq of the n*H stacked heads (Hq = 0: learn only);
-        k, v: [B, T, n*H, D]; the reads are [B, T, Hq, D].
+        k, v: [B, T, n*H, D]; the reads are [B, T, Hq, D]; dgd_eta: [B, T, n*H], the DGD gate's
+        rate under `rule.dgd_gate` (else unused).
         """
         op = _OPS[(self.kind, self.impl)]
-        if self.rule.mean_step:
-            eta = eta / self.rule.chunk_size
+        eta, dgd_eta = self.rule.rates(eta, dgd_eta)
         extra = {"compile": self.compile} if self.impl == "chunk" else {}
         return op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
-                  **self.rule.op_kwargs(self.impl), **extra)
+                  dgd_eta=dgd_eta, **self.rule.op_kwargs(self.impl), **extra)

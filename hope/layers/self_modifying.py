@@ -59,10 +59,21 @@ class SelfModifyingTitans(nn.Module):
             map `W x_h` (outer level only).
         conv_size: width of the causal depthwise convolutions on k, v, q.
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
+        dgd_bias: initial bias of the DGD gate under `rule.dgd_gate`: `dgd_eta = rule.dgd_max *
+            sigmoid(w_dgd . M_eta,c(x_h,t) + b_dgd)`, a read-out of the eta memory of its own, shared by
+            the six memories like the other gates.
         eta_bias, alpha_bias, beta_bias: initial biases of the gates (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
         proj_w1_std: initial W1 of MLP projection memories, std relative to 1/sqrt(E), so the
             five projection memories start as distinct near-identity maps.
+        proj_eta_offset: None (default): the projection memories learn with the token's eta, as the
+            main memory. A number: each projection memory and head has its own learned offset of
+            the eta gate's pre-activation, initialized to this value (`eta_box = eta_max *
+            sigmoid(pre + b_box)`), so the outer loop can make the projections move slower (or
+            faster) than the main memory (docs/DEVIATIONS.md, issue 14).
+        self_target: the main memory learns the self-generated target `M_mem,c(v_t)` (SPEC 4.2);
+            False: the value `v_t` itself, as Titans does (an ablation; the projection memories
+            keep their self-generated targets).
         normalize_v: L2-normalize v per head like k and q (not in SPEC 4.2; docs/DEVIATIONS.md):
             with self-generated targets `M_c(v)` an inner step on a memory is
             `W <- W (I - eta (k - v) k^T)` (linear case), expansive when `v . k > 1`; without it
@@ -74,8 +85,10 @@ class SelfModifyingTitans(nn.Module):
                  proj_rule: InnerRule | None = None, *, static_k: bool = False,
                  static_v: bool = False, static_q: bool = False, conv_size: int = 4,
                  impl: str = "chunk", eta_bias: float = -2.0, alpha_bias: float = 8.0,
-                 beta_bias: float = 0.0, proj_w1_std: float = 0.2, normalize_v: bool = True,
-                 eps: float = 1e-6):
+                 beta_bias: float = 0.0, dgd_bias: float = -2.0, proj_w1_std: float = 0.2,
+                 proj_eta_offset: float | None = None,
+                 self_target: bool = True,
+                 normalize_v: bool = True, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -88,7 +101,7 @@ class SelfModifyingTitans(nn.Module):
         D = self.head_dim = d_model // n_heads
         self.d_model, self.n_heads = d_model, n_heads
         self.rule, self.proj_rule = rule, proj_rule
-        self.eps, self.normalize_v = eps, normalize_v
+        self.eps, self.normalize_v, self.self_target = eps, normalize_v, self_target
         static = {"k": static_k, "v": static_v, "q": static_q}
         # projection memories, in the order they are stacked on the head axis
         self.proj_names = (tuple(n for n in "kvq" if not static[n]) + ("eta",)
@@ -105,6 +118,15 @@ class SelfModifyingTitans(nn.Module):
         self.convs = nn.ModuleDict({n: CausalConv1d(d_model, conv_size) for n in "kvq"})
         self.w_eta = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
         self.b_eta = nn.Parameter(torch.full((H,), float(eta_bias)))
+        self.dgd_gate = rule.dgd and rule.dgd_gate
+        if proj_rule.dgd_gate != rule.dgd_gate:
+            raise ValueError("proj_rule.dgd_gate must equal rule.dgd_gate (the gates are shared by all memories)")
+        if self.dgd_gate:
+            self.w_dgd = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
+            self.b_dgd = nn.Parameter(torch.full((H,), float(dgd_bias)))
+        self.b_eta_proj = (None if proj_eta_offset is None else
+                           nn.Parameter(torch.full((len(self.proj_names) * H,), float(proj_eta_offset))))
+        # (flat [P*H], memory-major like the stacked heads: a gate bias, no weight decay)
         if rule.retention:
             self.w_alpha = nn.Parameter(torch.randn(H, D) * (0.1 / math.sqrt(D)))
             self.b_alpha = nn.Parameter(torch.full((H,), float(alpha_bias)))
@@ -125,7 +147,8 @@ class SelfModifyingTitans(nn.Module):
                 "t": 0}
 
     def project(self, proj, xh, raw, t0, t1, conv):
-        """k, v, q [B, L, H, D] and eta, alpha [B, L, H] of one projection chunk `[t0, t1)`.
+        """k, v, q [B, L, H, D], eta, alpha [B, L, H], the projection memories' eta [B, L, P*H] and
+        the DGD gate's rate [B, L, H] (None without `rule.dgd_gate`) of one projection chunk `[t0, t1)`.
 
         proj: state of the projection memories (read at its chunk start); xh: [B, L, H, D];
         raw: outputs of the static projections over the whole call; conv: caches, updated in place.
@@ -140,12 +163,19 @@ class SelfModifyingTitans(nn.Module):
             y, conv[n] = self.convs[n](c.reshape(B, L, H * D), conv[n])
             y = y.view(B, L, H, D)
             out[n] = y if n == "v" and not self.normalize_v else F.normalize(y, dim=-1, eps=self.eps)
-        eta = self.rule.eta_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta)
+        pre = (rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta
+        eta = self.rule.eta_max * torch.sigmoid(pre)
+        if self.b_eta_proj is None:
+            eta_proj = eta.repeat(1, 1, P)
+        else:                                                           # memory-major, as stacked
+            eta_proj = self.rule.eta_max * torch.sigmoid(pre.unsqueeze(2) + self.b_eta_proj.view(P, H)).flatten(2)
         if self.rule.retention:
             alpha = torch.sigmoid((rd[:, :, idx["alpha"]] * self.w_alpha).sum(-1) + self.b_alpha)
         else:
             alpha = eta.new_ones(eta.shape)
-        return out["k"], out["v"], out["q"], eta, alpha
+        dgd = (self.rule.dgd_max * torch.sigmoid((rd[:, :, idx["eta"]] * self.w_dgd).sum(-1) + self.b_dgd)
+               if self.dgd_gate else None)
+        return out["k"], out["v"], out["q"], eta, alpha, eta_proj, dgd
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
         """x: [B, T, d_model] -> (y [B, T, d_model], state after the last token)."""
@@ -160,22 +190,25 @@ class SelfModifyingTitans(nn.Module):
         proj, mem = state["proj"], state["mem"]
         # the projection memories, chunk by chunk: chunk c's k, v, q, eta, alpha come from their
         # chunk-start states, and each memory learns from chunk c with its self-generated targets
-        ks, vs, qs, etas, alphas = [], [], [], [], []
+        ks, vs, qs, etas, alphas, dgds = [], [], [], [], [], []
         for t0, t1 in chunk_ranges(T, self.proj_rule.chunk_size, proj.pos):
-            k, v, q, eta, alpha = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
+            k, v, q, eta, alpha, eta_proj, dgd = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
             target = self.proj.read_start(proj, v)                      # M_box,c(v_t), every memory
             kP = k.repeat(1, 1, P, 1)                                   # every memory learns on k
             # no queries (zero heads): the projection memories only learn, nothing is read
-            _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta.repeat(1, 1, P),
-                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P))
-            ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha)
+            _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta_proj,
+                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
+                                       None if dgd is None else dgd.repeat(1, 1, P))
+            ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha), dgds.append(dgd)
         k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
+        dgd = torch.cat(dgds, dim=1) if self.dgd_gate and dgds else None
         # the main memory: its targets M_mem,c'(v_t) need its chunk-start states, one op call per chunk
         outs = []
         for t0, t1 in chunk_ranges(T, self.rule.chunk_size, mem.pos):
-            target = self.memory.read_start(mem, v[:, t0:t1])
+            target = self.memory.read_start(mem, v[:, t0:t1]) if self.self_target else v[:, t0:t1]
             o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
-                                        alpha[:, t0:t1], beta[:, t0:t1])
+                                        alpha[:, t0:t1], beta[:, t0:t1],
+                                        None if dgd is None else dgd[:, t0:t1])
             outs.append(o)
         o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, D)
         o = F.rms_norm(o, (D,), eps=self.eps) * self.norm_weight

@@ -35,12 +35,14 @@ class TitansMixer(nn.Module):
         impl: "chunk" (default) or "naive" (token-by-token reference ops, for tests).
         eta_bias, alpha_bias, beta_bias: initial biases of the gate maps (eta ~ 0.06, alpha ~ 0.9997,
             beta = 0.5 at the defaults).
+        dgd_bias: initial bias of the DGD gate under `rule.dgd_gate` (`W_dgd`, a `Linear(d_model, H)`:
+            `dgd_eta = rule.dgd_max * sigmoid(W_dgd x)`).
         eps: epsilon of the per-head RMSNorm and the L2 normalization.
     """
 
     def __init__(self, d_model: int, n_heads: int, rule: InnerRule = InnerRule(dgd=False), *,
                  conv_size: int = 4, impl: str = "chunk", eta_bias: float = -2.0,
-                 alpha_bias: float = 8.0, beta_bias: float = 0.0, eps: float = 1e-6):
+                 alpha_bias: float = 8.0, beta_bias: float = 0.0, dgd_bias: float = -2.0, eps: float = 1e-6):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -53,6 +55,9 @@ class TitansMixer(nn.Module):
         self.W_eta = nn.Linear(d_model, n_heads)
         nn.init.constant_(self.W_eta.bias, eta_bias)
         self.W_alpha = nn.Linear(d_model, n_heads) if rule.retention else None
+        self.W_dgd = nn.Linear(d_model, n_heads) if rule.dgd and rule.dgd_gate else None
+        if self.W_dgd is not None:
+            nn.init.constant_(self.W_dgd.bias, dgd_bias)
         self.W_beta = nn.Linear(d_model, n_heads) if rule.momentum else None
         for lin, b in ((self.W_alpha, alpha_bias), (self.W_beta, beta_bias)):
             if lin is not None:
@@ -96,5 +101,6 @@ class TitansMixer(nn.Module):
         k = F.normalize(kvq["k"], dim=-1, eps=self.eps)
         q = F.normalize(kvq["q"], dim=-1, eps=self.eps)
         eta, alpha, beta = self.gates(x)
-        o, mem = self.memory.update(state["mem"], q, k, kvq["v"], eta, alpha, beta)
+        dgd_eta = self.rule.dgd_max * torch.sigmoid(self.W_dgd(x)) if self.W_dgd is not None else None
+        o, mem = self.memory.update(state["mem"], q, k, kvq["v"], eta, alpha, beta, dgd_eta)
         return self.output(o, x), {"mem": mem, "conv": conv, "t": state["t"] + T}

@@ -36,7 +36,11 @@ class HopeConfig:
     static_k: bool = False  # ablation: a static W_k instead of the k memory
     static_v: bool = False
     static_q: bool = False
+    proj_eta_offset: float | None = None  # projection memories' own learned eta offset (None: the token's eta)
+    self_target: bool = True  # the main memory learns M_c(v) (SPEC 4.2); False: v, as Titans (ablation)
     eta_max: float = 0.5
+    dgd_gate: bool = False  # with dgd: the DGD factor's rate from a gate of its own (not eta's)
+    dgd_eta_max: float | None = None  # the DGD factor's ceiling (None: eta's; > 1: negative eigenvalues)
     activation: str = "gelu"
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
@@ -56,7 +60,8 @@ class HopeConfig:
         """(main memory's, projection memories') inner rules, from the flat fields above."""
         main = InnerRule(kind=self.memory, expansion=self.expansion, activation=self.activation,
                          chunk_size=self.chunk_mem, dgd=self.dgd, momentum=self.momentum,
-                         retention=self.retention, eta_max=self.eta_max, hidden_norm=self.hidden_norm,
+                         retention=self.retention, eta_max=self.eta_max, dgd_eta_max=self.dgd_eta_max,
+                         dgd_gate=self.dgd_gate, hidden_norm=self.hidden_norm,
                          mean_step=self.mean_step, momentum_norm=self.momentum_norm,
                          recompute=self.recompute)
         return main, replace(main, kind=self.proj_memory, chunk_size=self.chunk_proj)
@@ -72,6 +77,8 @@ class Hope(CMSLanguageModel):
     def __init__(self, cfg: HopeConfig):
         blocks = [MixerCMSBlock(
             SelfModifyingTitans(cfg.d_model, cfg.n_heads, *cfg.rules(), static_k=cfg.static_k,
-                                static_v=cfg.static_v, static_q=cfg.static_q, eps=cfg.norm_eps),
+                                static_v=cfg.static_v, static_q=cfg.static_q, self_target=cfg.self_target,
+                                proj_eta_offset=cfg.proj_eta_offset,
+                                eps=cfg.norm_eps),
             build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

@@ -31,6 +31,8 @@ class TitansConfig:
     momentum: bool = True
     retention: bool = True
     eta_max: float = 0.5  # eta = eta_max * sigmoid(.)
+    dgd_gate: bool = False  # with dgd: the DGD factor's rate from a gate of its own (not eta's)
+    dgd_eta_max: float | None = None  # with dgd: the DGD factor's ceiling (None: eta's; > 1: negative eigenvalues)
     activation: str = "gelu"  # sigma of the MLP memory: gelu | silu
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
@@ -44,7 +46,8 @@ class TitansConfig:
         """The memory's inner rule, from the flat fields above."""
         return InnerRule(kind=self.memory, expansion=self.expansion, activation=self.activation,
                          chunk_size=self.chunk_size, dgd=self.dgd, momentum=self.momentum,
-                         retention=self.retention, eta_max=self.eta_max, hidden_norm=self.hidden_norm,
+                         retention=self.retention, eta_max=self.eta_max, dgd_eta_max=self.dgd_eta_max,
+                         dgd_gate=self.dgd_gate, hidden_norm=self.hidden_norm,
                          mean_step=self.mean_step, momentum_norm=self.momentum_norm,
                          recompute=self.recompute)
 
@@ -67,6 +70,10 @@ def check_mixer_fields(cfg) -> None:
         raise HopeError(f"model.activation must be gelu or silu; got {cfg.activation!r}")
     if not 0 < cfg.eta_max < 1:
         raise HopeError(f"model.eta_max must be in (0, 1) (the inner step eta * ||k||^2 must stay below 1); got {cfg.eta_max}")
+    try:
+        cfg.rules() if hasattr(cfg, "rules") else cfg.rule()
+    except ValueError as e:
+        raise HopeError(str(e).replace("InnerRule.", "model.")) from None
 
 
 class Titans(CMSLanguageModel):

@@ -32,6 +32,16 @@ def check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective):
     return B, T, H, D
 
 
+def dgd_rate(dgd_eta, eta: torch.Tensor) -> torch.Tensor:
+    """The DGD factor's rate `[B, T, H]`: `dgd_eta` when given (checked against `eta`'s shape), else
+    `eta` (the factor `alpha I - eta k k^T` then uses the write's rate, SPEC 3)."""
+    if dgd_eta is None:
+        return eta
+    if dgd_eta.shape != eta.shape:
+        raise ValueError(f"dgd_eta must be [B, T, H] = {tuple(eta.shape)}, got {tuple(dgd_eta.shape)}")
+    return dgd_eta
+
+
 def read_heads(q: torch.Tensor, H: int) -> slice:
     """The heads an op reads: the last `Hq = q.shape[2]` of its `H` (all of them when Hq == H).
 

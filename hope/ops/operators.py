@@ -96,7 +96,7 @@ class KeyedOperators(NamedTuple):
 def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool, grad_rate=None) -> KeyedOperators:
     """Build the operators of a keyed layer (gradient keys = DGD keys = k).
 
-    k, q: [B, H, N, C, D]; eta: [B, H, N, C]; dec: decays over the same chunks.
+    k, q: [B, H, N, C, D]; eta: [B, H, N, C], the DGD factor's rate; dec: decays over the same chunks.
 
     DGD: `Theta_t = alpha_t Theta_{t-1} + S_t + y_t k_t^T` with `y_t = -eta_t Theta_{t-1} k_t`;
     expanding `Theta_{t-1} k_t` over the chunk gives the unit lower-triangular system
@@ -104,7 +104,7 @@ def keyed_operators(k, q, eta, dec: ChunkDecays, dgd: bool, grad_rate=None) -> K
     `L = Gam_prev o KK^T` (strictly lower), solved once per chunk, independent of the state.
 
     grad_rate: the rate of the gradient terms when it differs from the DGD factor's `eta` (the ops'
-    `momentum_norm`: `(1 - beta) eta`); None means `eta`.
+    `momentum_norm`: `(1 - beta) eta`; their `dgd_eta`: the write keeps its own rate); None means `eta`.
     """
     grad_rate = eta if grad_rate is None else grad_rate
     C = k.shape[-2]

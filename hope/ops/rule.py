@@ -24,12 +24,22 @@ class InnerRule:
     activation: sigma of an MLP memory, "gelu" or "silu".
     chunk_size: C, the mini-batch (gradients at the chunk-start state) and the parallel block.
     dgd: Delta Gradient Descent (`alpha I - eta k k^T` on the key-reading layer), else plain GD.
+    dgd_eta_max: the DGD factor's own ceiling, `alpha I - dgd_eta k k^T` with
+        `dgd_eta = dgd_eta_max * sigmoid(.)` (the same gate as eta, so `dgd_eta = eta * dgd_eta_max /
+        eta_max`); None: the token's eta. Above 1 the factor can have a negative eigenvalue
+        `alpha - dgd_eta` along `k` (state tracking, SPEC 3's option); at most 2 minus the write's
+        largest per-token rate under the l2 objective (see `write_eta_max`), so that with C = 1 the
+        transition along `k`, `alpha - dgd_eta - eta_write`, stays in [-1, 1].
+    dgd_gate: the DGD factor's rate has its own gate, `dgd_eta = dgd_eta_max * sigmoid(.)` from a
+        map of its own in the layer (Titans: of x; self-modifying: of the eta memory's read), so the
+        outer loop sets how much each token erases apart from how much it writes.
     momentum: off sets beta = 0 (the layer drops its beta gate).
     retention: off sets alpha = 1 (the layer drops its alpha gate).
     eta_max: eta = eta_max * sigmoid(.), in (0, 1).
     objective: inner loss, "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
     hidden_norm: stability switch: an MLP memory's W1 step is `eta / max(1, ||sigma(W2 k)||^2)`.
-    mean_step: stability switch: a chunk steps by eta times its *mean* gradient (eta / C per token).
+    mean_step: stability switch: a chunk steps by eta times its *mean* gradient (the write's rate
+        is eta / C per token; the DGD factor keeps the token's rate).
     momentum_norm: stability switch: momentum as a running mean, `S = beta S - (1 - beta) eta g`.
     recompute: keep only chunk-start states for the backward and recompute each chunk there.
     """
@@ -42,6 +52,8 @@ class InnerRule:
     momentum: bool = True
     retention: bool = True
     eta_max: float = 0.5
+    dgd_eta_max: float | None = None
+    dgd_gate: bool = False
     objective: str = "l2"
     hidden_norm: bool = True
     mean_step: bool = True
@@ -59,6 +71,41 @@ class InnerRule:
             raise ValueError(f"InnerRule.expansion must be >= 1, got {self.expansion}")
         if not 0 < self.eta_max < 1:
             raise ValueError(f"InnerRule.eta_max must be in (0, 1), got {self.eta_max}")
+        if self.dgd_eta_max is not None:
+            top = 2.0 - (self.write_eta_max if self.objective == "l2" else 0.0)
+            if not 0 < self.dgd_eta_max <= top:
+                raise ValueError(
+                    f"InnerRule.dgd_eta_max must be in (0, {top:g}] (2 minus the write's largest "
+                    f"per-token rate eta_max{' / chunk_size' if self.mean_step else ''} = "
+                    f"{self.write_eta_max:g} under the l2 objective), got {self.dgd_eta_max}")
+
+    @property
+    def write_eta_max(self) -> float:
+        """The largest per-token rate of the gradient write: `eta_max / chunk_size` under `mean_step`."""
+        return self.eta_max / (self.chunk_size if self.mean_step else 1)
+
+    @property
+    def dgd_max(self) -> float:
+        """The DGD factor's ceiling: `dgd_eta_max`, else `eta_max`."""
+        return self.eta_max if self.dgd_eta_max is None else self.dgd_eta_max
+
+    def rates(self, eta, dgd_eta=None):
+        """(the write's rate, the DGD factor's rate or None) of per-token `eta = eta_max * sigmoid(.)`.
+
+        `mean_step` divides only the write's rate by the chunk size: the DGD factor is a per-token
+        contraction of the current state and keeps the token's rate (times `dgd_eta_max / eta_max`),
+        or, under `dgd_gate`, the gate's `dgd_eta` (which the layer passes). None: the op uses the
+        write's rate (no DGD, or the same rate).
+        """
+        write = eta / self.chunk_size if self.mean_step else eta
+        if not self.dgd:
+            return write, None
+        if self.dgd_gate:
+            if dgd_eta is None:
+                raise ValueError("InnerRule.dgd_gate: the layer must pass the DGD gate's rate dgd_eta")
+            return write, dgd_eta
+        factor = eta if self.dgd_eta_max is None else eta * (self.dgd_eta_max / self.eta_max)
+        return write, (None if factor is write else factor)
 
     def op_kwargs(self, impl: str = "chunk") -> dict:
         """Keyword arguments of the memory op (`chunk_*_memory` / `naive_recurrent_*_memory`)."""

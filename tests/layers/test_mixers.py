@@ -26,6 +26,13 @@ LAYERS = {
                                                        memory="linear", proj_memory="linear", **kw),
     "selfmod-static-q-silu": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8,
                                                               static_q=True, activation="silu", **kw),
+    # issue 14: an erase gate of its own with negative eigenvalues, slower projection memories,
+    # values as the main memory's targets
+    "titans-dgd-gate-negative": lambda **kw: titans(D_MODEL, HEADS, chunk_size=8, dgd=True, dgd_gate=True,
+                                                    dgd_eta_max=1.9, **kw),
+    "selfmod-dgd-gate-proj-offset": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8, dgd_gate=True,
+                                                         dgd_eta_max=1.85, proj_eta_offset=-3.0,
+                                                         self_target=False, **kw),
 }
 
 SELFMOD_ABLATIONS = {
@@ -198,10 +205,11 @@ def test_long_stream_stays_bounded_at_init(layer_cls):
 
 @pytest.mark.parametrize("name,C", [("titans", 8), ("selfmod-fused", 4)])
 def test_mean_step_divides_eta_by_the_chunk(name, C):
-    """`mean_step` (default) equals the summed rule with eta_max / C: a chunk steps by its mean gradient."""
+    """`mean_step` (default) equals the summed rule with eta_max / C for the write: a chunk steps by its
+    mean gradient, while the DGD factor (self-modifying Titans) keeps the token's full eta."""
     x = torch.randn(2, T, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y_mean, _ = make(name)(x)
-    y_sum, _ = make(name, mean_step=False, eta_max=0.5 / C)(x)
+    y_sum, _ = make(name, mean_step=False, eta_max=0.5 / C, dgd_eta_max=0.5)(x)
     torch.testing.assert_close(y_mean, y_sum, rtol=1e-10, atol=1e-12)
     y_plain, _ = make(name, mean_step=False)(x)
     assert (y_plain - y_mean).abs().max() > 1e-6

@@ -212,3 +212,38 @@ def test_query_heads_checked():
     for q in (torch.cat([inputs["q"]] * 2, dim=2), inputs["q"][..., :3]):
         with pytest.raises(ValueError, match="q must be"):
             chunk_linear_memory(**dict(inputs, q=q))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("T,C,lo,hi,mom,obj", [(63, 16, 0.0, 0.9, True, "l2"), (100, 1, 1.0, 1.9, False, "l2"),
+                                              (257, 64, 1.2, 1.95, True, "dot"), (40, 16, 1.5, 2.0, True, "l2")])
+def test_separate_dgd_rate_chunk_equals_naive(kind, T, C, lo, hi, mom, obj):
+    """A DGD factor `alpha I - dgd_eta k k^T` with its own rate, also above alpha (a negative
+    eigenvalue along k): chunk == naive, outputs, states and every gradient (dgd_eta's included)."""
+    import torch
+
+    naive, chunk = OPS[kind]
+    inputs, state = make_case(kind, T, init="full", momentum=mom, seed=T + C, chunk_size=C)
+    g = torch.Generator().manual_seed(T)
+    inputs["dgd_eta"] = (lo + (hi - lo) * torch.rand(inputs["eta"].shape, generator=g,
+                                                     dtype=torch.float64)).requires_grad_()
+    kw = dict(chunk_size=C, dgd=True, objective=obj, momentum_norm=mom)
+    ref, got = run(naive, inputs, state, **kw), run(chunk, inputs, state, **kw)
+    assert ref["grad.dgd_eta"].abs().max() > 0
+    assert_close(ref, got)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+def test_dgd_rate_defaults_to_eta_and_is_checked(impl):
+    import torch
+
+    inputs, state = make_case("linear", 20, init="full", seed=2, chunk_size=4)
+    kw = dict(initial_state=state, chunk_size=4, output_final_state=True)
+    op = OPS["linear"][impl == "chunk"]
+    o, _ = op(**inputs, **kw)
+    o_same, _ = op(**inputs, dgd_eta=inputs["eta"], **kw)
+    torch.testing.assert_close(o, o_same)
+    o_other, _ = op(**inputs, dgd_eta=2 * inputs["eta"], **kw)
+    assert (o - o_other).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="dgd_eta must be"):
+        op(**inputs, dgd_eta=inputs["eta"][:, :-1], **kw)

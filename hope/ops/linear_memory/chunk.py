@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import check_inputs, operator_queries, read_heads
+from hope.ops.checks import check_inputs, dgd_rate, operator_queries, read_heads
 from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
 from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
 from hope.ops.state import LinearMemoryState, check_pos, expand_state, state_dtype
@@ -33,6 +33,7 @@ def chunk_linear_memory(
     dgd: bool = True,
     objective: str = "l2",
     momentum_norm: bool = False,
+    dgd_eta: Optional[torch.Tensor] = None,
     recompute: bool = False,
     compile: bool = False,
 ):
@@ -58,7 +59,10 @@ def chunk_linear_memory(
 
         momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
-            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+            (the DGD factor keeps its rate). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+        dgd_eta: [B, T, H] rate of the DGD factor, `alpha I - dgd_eta k k^T`, when it differs from
+            the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
+            `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
         recompute: save only each chunk's start state for the backward and recompute the chunk
             there (`torch.utils.checkpoint`; see `chunk_mlp_memory`).
         compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
@@ -69,6 +73,7 @@ def chunk_linear_memory(
             when the call ends on a chunk boundary), or None.
     """
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    dgd_eta = dgd_rate(dgd_eta, eta)
     st = initial_state if initial_state is not None else LinearMemoryState(None)
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W_chunk is not None)
@@ -81,7 +86,7 @@ def chunk_linear_memory(
     for t0, t1, L, resumed in split_segments(T, C, pos):
         seg, (W, S), (W0,) = run_segment(
             _linear_segment, (W, S), (W0 if resumed else None,),
-            [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)], L, recompute=recompute,
+            [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta, dgd_eta)], L, recompute=recompute,
             full=L == C, **seg_kw)
         outs += seg
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
@@ -90,16 +95,16 @@ def chunk_linear_memory(
     return o, (final if output_final_state else None)
 
 
-def _linear_segment(W, S, W0, q, k, v, q_ops, eta, alpha, beta, *, L, full, dgd, momentum_norm,
+def _linear_segment(W, S, W0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, full, dgd, momentum_norm,
                     compile, r, objective):
     """Chunks of L tokens `[B, N*L, ...]` from state (W, S): the operators of all of them at once
     (state-independent), then the chunk loop. W0: the chunk-start weights when the segment resumes
     inside a chunk, else None; full: L is the chunk size (else a tail chunk).
     Returns (reads [B, N*L, Hq, D], W, S, the last chunk's start weights)."""
     qc, kc, vc, qoc = (to_chunks(x, L) for x in (q, k, v, q_ops))           # [B, H, N, L, D]
-    etac, alphac, betac = (to_chunks(x, L) for x in (eta, alpha, beta))
-    ops = keyed_operators(kc, qoc, etac, chunk_decays(alphac, betac), dgd,
-                          etac * (1 - betac) if momentum_norm else None)
+    etac, alphac, betac, dgdc = (to_chunks(x, L) for x in (eta, alpha, beta, dgd_eta))
+    ops = keyed_operators(kc, qoc, dgdc, chunk_decays(alphac, betac), dgd,
+                          etac * (1 - betac) if momentum_norm else etac)
     # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
     # when W0 is a saved chunk-start state that differs from the current weights
     fold = W0 is None

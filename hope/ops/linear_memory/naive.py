@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import check_inputs, read_heads
+from hope.ops.checks import check_inputs, dgd_rate, read_heads
 from hope.ops.state import LinearMemoryState, check_pos, expand_state, state_dtype
 
 
@@ -28,6 +28,7 @@ def naive_recurrent_linear_memory(
     dgd: bool = True,
     objective: str = "l2",
     momentum_norm: bool = False,
+    dgd_eta: Optional[torch.Tensor] = None,
 ):
     """Run the inner rule token by token on a linear memory.
 
@@ -52,13 +53,17 @@ def naive_recurrent_linear_memory(
 
         momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
-            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+            (the DGD factor keeps its rate). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+        dgd_eta: [B, T, H] rate of the DGD factor, `alpha I - dgd_eta k k^T`, when it differs from
+            the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
+            `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
     Returns:
         o: [B, T, Hq, D] reads `o_t = W_t q_t`.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
             when the call ends on a chunk boundary), or None.
     """
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    dgd_eta = dgd_rate(dgd_eta, eta)
     st = initial_state if initial_state is not None else LinearMemoryState(None)
     pos = check_pos(st.pos, chunk_size, st.W_chunk is not None)
     sd = state_dtype(st, q)                                              # state dtype
@@ -71,7 +76,7 @@ def naive_recurrent_linear_memory(
         if (pos + t) % chunk_size == 0:
             W0 = W                                               # chunk-start state Theta_{c(t)}
         k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]                # [B, H, D]
-        eta_t, alpha_t, beta_t = (x[:, t, :, None, None] for x in (eta, alpha, beta))
+        eta_t, alpha_t, beta_t, dgd_t = (x[:, t, :, None, None] for x in (eta, alpha, beta, dgd_eta))
         # g_t = grad_W l(W0; k_t, v_t) = u_t k_t^T
         if objective == "l2":
             u_t = torch.einsum("bhij,bhj->bhi", W0, k_t) - v_t   # W0 k_t - v_t
@@ -80,11 +85,11 @@ def naive_recurrent_linear_memory(
         g_t = u_t[..., :, None] * k_t[..., None, :]
         # S_t = beta_t S_{t-1} - eta_t g_t
         S = beta_t * S - (eta_t * (1 - beta_t) if momentum_norm else eta_t) * g_t
-        # W_t = W_{t-1} A_t + S_t, A_t = alpha_t I - eta_t k_t k_t^T (DGD) or alpha_t I
+        # W_t = W_{t-1} A_t + S_t, A_t = alpha_t I - dgd_eta_t k_t k_t^T (DGD) or alpha_t I
         WA = alpha_t * W
         if dgd:
             Wk = torch.einsum("bhij,bhj->bhi", W, k_t)
-            WA = WA - eta_t * Wk[..., :, None] * k_t[..., None, :]
+            WA = WA - dgd_t * Wk[..., :, None] * k_t[..., None, :]
         W = WA + S
         # o_t = W_t q_t
         outs.append(torch.einsum("bhij,bhj->bhi", W[:, r], q_t))

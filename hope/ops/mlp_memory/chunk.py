@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import activation, check_inputs, hidden_scale, operator_queries, read_heads
+from hope.ops.checks import activation, check_inputs, dgd_rate, hidden_scale, operator_queries, read_heads
 from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
 from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype, state_step
@@ -36,6 +36,7 @@ def chunk_mlp_memory(
     act: str = "gelu",
     hidden_norm: bool = False,
     momentum_norm: bool = False,
+    dgd_eta: Optional[torch.Tensor] = None,
     recompute: bool = False,
     compile: bool = False,
 ):
@@ -66,7 +67,10 @@ def chunk_mlp_memory(
 
         momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
-            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+            (the DGD factor keeps its rate). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+        dgd_eta: [B, T, H] rate of the DGD factor, `alpha I - dgd_eta k k^T`, when it differs from
+            the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
+            `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
         recompute: save only each chunk's start state for the backward and recompute the chunk
             there (`torch.utils.checkpoint`): activation memory grows with chunks x state instead
             of with every intermediate of every chunk, for one more forward of the op.
@@ -78,6 +82,7 @@ def chunk_mlp_memory(
             shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
     """
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    dgd_eta = dgd_rate(dgd_eta, eta)
     sigma, dsigma = activation(act)
     st = initial_state if initial_state is not None else MLPMemoryState(None, None)
     C = int(chunk_size)
@@ -97,7 +102,7 @@ def chunk_mlp_memory(
     for t0, t1, L, resumed in split_segments(T, C, pos):
         seg, (W1, W2, S1, S2), (W1_0, W2_0) = run_segment(
             _mlp_segment, (W1, W2, S1, S2), (W1_0, W2_0) if resumed else (None, None),
-            [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta)], L, recompute=recompute,
+            [x[:, t0:t1] for x in (q, k, v, q_ops, eta, alpha, beta, dgd_eta)], L, recompute=recompute,
             full=L == C, **seg_kw)
         outs += seg
     o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, q.shape[2], D)
@@ -107,17 +112,17 @@ def chunk_mlp_memory(
     return o, (final if output_final_state else None)
 
 
-def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, *, L, full, dgd,
+def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, full, dgd,
                  momentum_norm, compile, **step_kw):
     """Chunks of L tokens `[B, N*L, ...]` from state (W1, W2, S1, S2): the operators of all of them
     at once (state-independent), then the chunk loop. W1_0, W2_0: chunk-start weights when the
     segment resumes inside a chunk, else None; full: L is the chunk size (else a tail chunk).
     Returns (reads [B, N*L, Hq, D], W1, W2, S1, S2, the last chunk's start weights W1_0, W2_0)."""
     qc, kc, vc, qoc = (to_chunks(x, L) for x in (q, k, v, q_ops))           # [B, H, N, L, D]
-    etac, alphac, betac = (to_chunks(x, L) for x in (eta, alpha, beta))
+    etac, alphac, betac, dgdc = (to_chunks(x, L) for x in (eta, alpha, beta, dgd_eta))
     dec = chunk_decays(alphac, betac)
     grad_rate = etac * (1 - betac) if momentum_norm else etac               # rate of the gradients
-    ops = keyed_operators(kc, qoc, etac, dec, dgd, grad_rate)                # W2: keys k, queries q
+    ops = keyed_operators(kc, qoc, dgdc, dec, dgd, grad_rate)                # W2: keys k, queries q
     # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
     grad_weight = dec.E * grad_rate.unsqueeze(-2)                           # [B, H, N, L, L]: E[t,s] eta_s
     resumed = W1_0 is not None                      # (a resumed segment is one partial chunk)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import activation, check_inputs, hidden_scale, read_heads
+from hope.ops.checks import activation, check_inputs, dgd_rate, hidden_scale, read_heads
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype
 
 
@@ -31,6 +31,7 @@ def naive_recurrent_mlp_memory(
     act: str = "gelu",
     hidden_norm: bool = False,
     momentum_norm: bool = False,
+    dgd_eta: Optional[torch.Tensor] = None,
 ):
     """Run the inner rule token by token on a residual two-layer MLP memory.
 
@@ -62,13 +63,17 @@ def naive_recurrent_mlp_memory(
 
         momentum_norm: momentum as a running mean, `S_t = beta_t S_{t-1} - (1 - beta_t) eta_t g_t`,
             so a constant gradient moves the weights by at most `eta` per token whatever beta is
-            (the DGD factor keeps `eta`). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+            (the DGD factor keeps its rate). Off: SPEC 3's `S_t = beta_t S_{t-1} - eta_t g_t`.
+        dgd_eta: [B, T, H] rate of the DGD factor, `alpha I - dgd_eta k k^T`, when it differs from
+            the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
+            `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
             shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
     """
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
+    dgd_eta = dgd_rate(dgd_eta, eta)
     sigma, dsigma = activation(act)
     st = initial_state if initial_state is not None else MLPMemoryState(None, None)
     pos = check_pos(st.pos, chunk_size, st.W1_chunk is not None and st.W2_chunk is not None)
@@ -93,7 +98,7 @@ def naive_recurrent_mlp_memory(
         if (pos + t) % chunk_size == 0:
             W1_0, W2_0 = W1, W2                                  # chunk-start state Theta_{c(t)}
         k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]                # [B, H, D]
-        eta_t, alpha_t, beta_t = (x[:, t, :, None, None] for x in (eta, alpha, beta))
+        eta_t, alpha_t, beta_t, dgd_t = (x[:, t, :, None, None] for x in (eta, alpha, beta, dgd_eta))
         # g_t = grad_(W1, W2) l(W1_0, W2_0; k_t, v_t) by backpropagation through the MLP
         h_t = mv(W2_0, k_t)                                      # [B, H, E]
         z_t = sigma(h_t)
@@ -114,7 +119,7 @@ def naive_recurrent_mlp_memory(
         W1 = alpha_t * W1 + S1
         W2A = alpha_t * W2
         if dgd:
-            W2A = W2A - eta_t * outer(mv(W2, k_t), k_t)          # W2 (alpha I - eta k k^T)
+            W2A = W2A - dgd_t * outer(mv(W2, k_t), k_t)          # W2 (alpha I - dgd_eta k k^T)
         W2 = W2A + S2
         # o_t = M_{Theta_t}(q_t)
         outs.append(q_t + mv(W1[:, r], sigma(mv(W2[:, r], q_t))))

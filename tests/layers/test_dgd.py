@@ -1,0 +1,104 @@
+"""DGD as the layers apply it (SPEC 3; issue 14): `mean_step` divides only the write's rate, the DGD
+factor keeps the token's eta (or its own ceiling `dgd_eta_max`, up to a negative eigenvalue), and the
+layers stay bounded with negative eigenvalues on adversarial inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixer_support import selfmod, titans
+
+from hope.errors import HopeError
+from hope.layers.memory import MemoryBank
+from hope.layers.state import tree_map
+from hope.models import HopeConfig, TitansConfig
+from hope.ops.rule import InnerRule
+
+
+def one_token(kind, eta, alpha, **rule):
+    """A memory bank's state after one token whose target is the memory's own read of the key, so
+    the gradient is zero and only the DGD factor acts: returns (weights reading k before, after, k)."""
+    torch.manual_seed(0)
+    D = 8
+    bank = MemoryBank(InnerRule(kind=kind, chunk_size=16, **rule), 1, 2, D, linear_init="random")
+    bank = bank.double()
+    state = bank.init_state(1)
+    k = F.normalize(torch.randn(1, 1, 2, D, dtype=torch.float64), dim=-1)
+    with torch.no_grad():
+        target = bank.read_start(state, k)
+        _, new = bank.update(state, k, k, target, torch.full((1, 1, 2), eta, dtype=torch.float64),
+                             torch.full((1, 1, 2), alpha, dtype=torch.float64),
+                             torch.zeros(1, 1, 2, dtype=torch.float64))
+    key_layer = (lambda s: s.W) if kind == "linear" else (lambda s: s.W2)
+    return key_layer(state), key_layer(new), k[0, 0]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("dgd_eta_max,expected", [(None, 0.99 - 0.4), (1.9, 0.99 - 0.4 * 1.9 / 0.5)])
+def test_transition_along_the_key_is_alpha_minus_eta(kind, dgd_eta_max, expected):
+    """With `mean_step` (C = 16) the transition along k is `alpha - eta_t` (issue 14 measured 0.965
+    before the fix, for the specified 0.59); with `dgd_eta_max` 1.9 it is negative. Orthogonal to k
+    the weights only decay by alpha."""
+    W, W_new, k = one_token(kind, 0.4, 0.99, dgd_eta_max=dgd_eta_max)
+    for h in range(2):
+        Wk, W_new_k = W[0, h] @ k[h], W_new[0, h] @ k[h]
+        torch.testing.assert_close(W_new_k, expected * Wk)
+        u = torch.randn(k.shape[-1], dtype=torch.float64)
+        u = u - (u @ k[h]) * k[h]
+        torch.testing.assert_close(W_new[0, h] @ u, 0.99 * (W[0, h] @ u))
+    assert expected < 0 or dgd_eta_max is None
+
+
+def test_without_dgd_mean_step_divides_the_write_only():
+    write, factor = InnerRule(dgd=False, chunk_size=16).rates(torch.tensor([0.32]))
+    assert factor is None and torch.allclose(write, torch.tensor([0.02]))
+    write, factor = InnerRule(chunk_size=16).rates(torch.tensor([0.32]))
+    assert torch.allclose(write, torch.tensor([0.02])) and torch.allclose(factor, torch.tensor([0.32]))
+    write, factor = InnerRule(chunk_size=16, mean_step=False).rates(torch.tensor([0.32]))
+    assert factor is None and torch.allclose(write, torch.tensor([0.32]))
+
+
+def test_dgd_eta_max_is_checked():
+    InnerRule(dgd_eta_max=1.96875)                           # 2 - eta_max / C, the largest allowed
+    with pytest.raises(ValueError, match=r"dgd_eta_max must be in \(0, 1.96875\]"):
+        InnerRule(dgd_eta_max=2.0)
+    InnerRule(dgd_eta_max=2.0, objective="dot")              # the dot write does not erase
+    with pytest.raises(ValueError, match=r"\(0, 1.5\]"):
+        InnerRule(dgd_eta_max=1.9, mean_step=False)
+    with pytest.raises(HopeError, match="model.dgd_eta_max"):
+        HopeConfig(dgd_eta_max=2.5)
+    with pytest.raises(HopeError, match="model.dgd_eta_max"):
+        TitansConfig(dgd=True, dgd_eta_max=-1.0)
+    assert HopeConfig(dgd_eta_max=1.9).rules()[0].dgd_eta_max == 1.9
+
+
+def _peak(layer, x):
+    with torch.no_grad():
+        _, state = layer(x)
+    leaves = []
+    tree_map(leaves.append, state)
+    return max(t.abs().max().item() if torch.isfinite(t).all() else float("inf") for t in leaves)
+
+
+ADVERSARIAL = {
+    # one token repeated: exactly parallel keys, every token erased along the same direction
+    "repeated": lambda g: torch.randn(1, 1, 64, generator=g).expand(1, 1024, 64),
+    # one large direction plus noise: nearly parallel keys (what broke training, docs/DEVIATIONS.md)
+    "parallel": lambda g: torch.randn(1, 1, 64, generator=g) * 3 + 0.3 * torch.randn(1, 1024, 64, generator=g),
+    # alternating between two inputs: the sign flips a negative eigenvalue allows
+    "alternating": lambda g: torch.randn(1, 2, 64, generator=g).repeat(1, 512, 1),
+}
+
+
+@pytest.mark.parametrize("data", list(ADVERSARIAL))
+@pytest.mark.parametrize("build,memory", [(titans, "mlp"), (titans, "linear"), (selfmod, "mlp"),
+                                          (selfmod, "linear")])
+def test_negative_eigenvalues_stay_bounded(build, memory, data):
+    """dgd_eta_max at its largest, eta and retention at their ceilings (alpha ~ 1), 1024 tokens of
+    adversarial input: every state entry stays bounded."""
+    x = ADVERSARIAL[data](torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    extra = dict(proj_memory=memory) if build is selfmod else {}
+    layer = build(64, 2, memory=memory, dgd=True, dgd_eta_max=1.96875, eta_bias=20.0, alpha_bias=20.0,
+                  **extra)
+    assert _peak(layer, x) < 1e3
