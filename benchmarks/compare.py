@@ -5,6 +5,12 @@ and compare them (issue 4; the paper's ordering is Hope best).
     python benchmarks/compare.py --quick --out /tmp/compare                   # debug recipes, a minute
     python benchmarks/compare.py --tokens 5000000 --out runs/compare --models hope,titans   # add or redo some
     python benchmarks/compare.py --tokens 1000000 --out runs/wiki --set data.corpus=wiki    # another corpus
+    python benchmarks/compare.py --size debug --tokens 2000000 --out runs/wiki512 \
+        --set data.corpus=wiki train.seq_len=512 train.batch_size=8 --eval-windows 512,2048   # issue 14
+
+`--set` items apply to every model; `ARCH:section.key=value` to one. `--eval-windows` evaluates each
+trained model on its corpus's validation split in carried mode (`hope eval ppl`) at each window, and
+lifts `model.max_seq_len` of the models that have one to the largest window.
 
 Each model trains with its `<arch>_tiny` recipe (parameter counts matched within 5%), the same
 batch shape, seed and number of steps. Finished models are skipped when the command is run again
@@ -35,7 +41,41 @@ def recipe_name(arch: str, size: str) -> str:
     return size if arch == "transformer" else f"{arch}_{size}"
 
 
+def arch_overrides(arch: str, overrides: list[str]) -> list[str]:
+    """The `--set` items for one model: plain ones, and `ARCH:key=value` ones of this ARCH."""
+    out = []
+    for item in overrides:
+        target, colon, rest = item.partition(":")
+        if not colon or "=" in target:
+            out.append(item)
+        elif target not in ARCHS:
+            raise HopeError(f"--set {item!r}: {target!r} is not one of {', '.join(ARCHS)}")
+        elif target == arch:
+            out.append(rest)
+    return out
+
+
+def evaluate_windows(run: Path, windows: list[int], max_tokens: int) -> dict:
+    """Carried-mode validation perplexity at each window (`hope eval ppl`), cached in RUN/eval/."""
+    import subprocess
+    import sys
+
+    res = {}
+    for w in windows:
+        path = run / "eval" / f"ppl_window{w}.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-c", "import sys; from hope.cli import main; sys.exit(main())",
+                            "eval", "ppl", "--run", str(run), "--split", "validation",
+                            "--window", str(w), "--modes", "carried", "--max-tokens", str(max_tokens),
+                            "--out", str(path)], check=True)
+        r = json.loads(path.read_text())["results"]
+        res[str(w)] = {mode: {"ppl": v["ppl"], "bpb": v["bpb"], "tokens": v["tokens"]} for mode, v in r.items()}
+    return res
+
+
 def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) -> dict:
+    overrides = arch_overrides(arch, overrides)
     cfg = get_recipe(recipe_name(arch, size))
     per_step = cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
     steps = max(1, math.ceil(tokens / per_step))
@@ -75,18 +115,31 @@ def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) 
 
 
 def write_table(results: list[dict], out: Path) -> str:
-    lines = ["| model | recipe | params | tokens | val loss | val ppl | bits/byte | tokens/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    windows = sorted({int(w) for r in results for w in r.get("carried", {})})
+    lines = ["| model | recipe | params | tokens | val loss | val ppl | bits/byte | tokens/s |"
+             + "".join(f" carried ppl, window {w} |" for w in windows),
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(windows)]
     for r in sorted(results, key=lambda r: r.get("val_loss", float("inf"))):
         if "error" in r:
             lines.append(f"| {r['arch']} | {r['recipe']} | | | {r['error']} | | | |")
             continue
         lines.append(f"| {r['arch']} | {r['recipe']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
-                     f"{r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['val_bpb']:.4f} | {r['tokens_per_s']:,.0f} |")
+                     f"{r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['val_bpb']:.4f} | {r['tokens_per_s']:,.0f} |"
+                     + "".join(f" {_carried(r, w)} |" for w in windows))
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return table
+
+
+def _carried(r: dict, w: int) -> str:
+    modes = r.get("carried", {}).get(str(w))
+    if not modes:
+        return ""
+    text = f"{modes['carried']['ppl']:.2f}"
+    if "carried_learn" in modes:
+        text += f" ({modes['carried_learn']['ppl']:.2f} learning)"
+    return text
 
 
 def plot(results: list[dict], out: Path) -> None:
@@ -122,14 +175,26 @@ def main() -> None:
     ap.add_argument("--size", default="tiny", help="recipe size: debug, tiny, small, base")
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--quick", action="store_true", help="debug recipes and 20K tokens: a smoke test")
-    ap.add_argument("--set", nargs="+", default=[], help="overrides applied to every model (train.* keys)")
+    ap.add_argument("--set", nargs="+", default=[],
+                    help="overrides applied to every model (train.* keys), or ARCH:section.key=value to one")
+    ap.add_argument("--eval-windows", default=None, help="e.g. 512,2048: carried-mode validation at each window")
+    ap.add_argument("--eval-max-tokens", type=int, default=65536, help="validation tokens per window evaluation")
     args = ap.parse_args()
     size, tokens = ("debug", 20_000) if args.quick else (args.size, args.tokens)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     archs = [a.strip() for a in args.models.split(",") if a.strip()]
+    windows = [int(w) for w in args.eval_windows.split(",")] if args.eval_windows else []
     try:
-        results = [run_one(a, size, tokens, out, args.set) for a in archs]
+        results = []
+        for a in archs:
+            sets = list(args.set)
+            if windows and a in ("transformer", "hope_attention"):
+                sets.append(f"{a}:model.max_seq_len={max(windows + [get_recipe(recipe_name(a, size)).model.max_seq_len])}")
+            r = run_one(a, size, tokens, out, sets)
+            if windows and "error" not in r:
+                r["carried"] = evaluate_windows(Path(r["run"]), windows, args.eval_max_tokens)
+            results.append(r)
     except HopeError as e:  # bad input (an unknown model or key, an unprepared corpus): one line, no traceback
         raise SystemExit(f"error: {e}") from None
     done = {r["arch"]: r for r in results}

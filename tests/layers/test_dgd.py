@@ -102,3 +102,39 @@ def test_negative_eigenvalues_stay_bounded(build, memory, data):
     layer = build(64, 2, memory=memory, dgd=True, dgd_eta_max=1.96875, eta_bias=20.0, alpha_bias=20.0,
                   **extra)
     assert _peak(layer, x) < 1e3
+
+
+@pytest.mark.parametrize("dgd", [False, True])
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_one_shot_write_then_read(kind, dgd):
+    """The main memory of self-modifying Titans at its initial state (the identity) writes one pair
+    (k, v) with its self-generated target M_c(v) = v, then reads k back: the read moves from k
+    straight towards v, by the write's rate, and the DGD factor shrinks it (issue 14, cause 4).
+
+    Linear: W' k = (alpha - eta_d) k + (1 - beta) eta_w (v - k). MLP (W1 = 0): the read moves towards
+    v by (1 - beta) eta_w z.z' / max(1, |z|^2), z = sigma(W2 k), z' = sigma(W2' k), and DGD, which
+    shrinks W2 along k, makes z' smaller than z: on an MLP memory the erase of the key-reading layer
+    also weakens the value just written (the reason `dgd_gate` exists; docs/DEVIATIONS.md)."""
+    torch.manual_seed(0)
+    D, eta, alpha, beta = 16, 0.4, 0.999, 0.5
+    rule = InnerRule(kind=kind, chunk_size=16, momentum_norm=True, dgd=dgd)
+    bank = MemoryBank(rule, 1, 1, D, linear_init="identity").double()
+    state = bank.init_state(1)
+    k, v = (F.normalize(torch.randn(1, 1, 1, D, dtype=torch.float64), dim=-1) for _ in range(2))
+    gate = lambda x: torch.full((1, 1, 1), x, dtype=torch.float64)  # noqa: E731
+    with torch.no_grad():
+        target = bank.read_start(state, v)
+        torch.testing.assert_close(target, v)                          # the identity's read
+        _, new = bank.update(state, k, k, target, gate(eta), gate(alpha), gate(beta))
+        read = bank.read_start(new._replace(pos=0), k)[0, 0, 0]
+    k, v = k[0, 0, 0], v[0, 0, 0]
+    eta_w, eta_d = eta / 16, (eta if dgd else 0.0)
+    if kind == "linear":
+        torch.testing.assert_close(read, (alpha - eta_d) * k + (1 - beta) * eta_w * (v - k))
+    else:
+        W2 = bank.W2[0, 0].detach()
+        z, z_new = bank.sigma(W2 @ k), bank.sigma((alpha - eta_d) * (W2 @ k))
+        moved = (1 - beta) * eta_w * (z @ z_new) / max(1.0, float(z @ z))
+        torch.testing.assert_close(read, k + moved * (v - k))
+        if dgd:
+            assert z @ z_new < 0.7 * (z @ z)                          # the erase costs the write
