@@ -129,7 +129,9 @@ def _base_config(arch: str, shape: ModelShape, vocab_size: int, train_len: int, 
     if arch == "transformer":
         return TransformerConfig(**shared, max_seq_len=max_len)
     if arch == "titans":
-        return TitansConfig(**shared, ffn_hidden=width, memory=shape.memory, chunk_size=CHUNK)
+        # the inner-rule conventions of Hope (momentum_norm on; mean_step, hidden_norm as both default),
+        # so that Titans and Hope differ only in their mechanisms (issue 14)
+        return TitansConfig(**shared, ffn_hidden=width, memory=shape.memory, chunk_size=CHUNK, momentum_norm=True)
     if arch == "hope_attention":
         return HopeAttentionConfig(**shared, max_seq_len=max_len, cms_periods=(None, 2 * period, period), cms_hidden=width)
     if arch == "hope":

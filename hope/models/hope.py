@@ -39,6 +39,7 @@ class HopeConfig:
     proj_eta_offset: float | None = None  # projection memories' own learned eta offset (None: the token's eta)
     self_target: bool = True  # the main memory learns M_c(v) (SPEC 4.2); False: v, as Titans (ablation)
     eta_max: float = 0.5
+    dgd_layer: str = "key"  # MLP memories with dgd: the factor on W2 (key, SPEC) or on W1's hidden codes (hidden)
     dgd_gate: bool = False  # with dgd: the DGD factor's rate from a gate of its own (not eta's)
     dgd_eta_max: float | None = None  # the DGD factor's ceiling (None: eta's; > 1: negative eigenvalues)
     activation: str = "gelu"
@@ -61,7 +62,7 @@ class HopeConfig:
         main = InnerRule(kind=self.memory, expansion=self.expansion, activation=self.activation,
                          chunk_size=self.chunk_mem, dgd=self.dgd, momentum=self.momentum,
                          retention=self.retention, eta_max=self.eta_max, dgd_eta_max=self.dgd_eta_max,
-                         dgd_gate=self.dgd_gate, hidden_norm=self.hidden_norm,
+                         dgd_gate=self.dgd_gate, dgd_layer=self.dgd_layer, hidden_norm=self.hidden_norm,
                          mean_step=self.mean_step, momentum_norm=self.momentum_norm,
                          recompute=self.recompute)
         return main, replace(main, kind=self.proj_memory, chunk_size=self.chunk_proj)

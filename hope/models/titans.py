@@ -31,6 +31,7 @@ class TitansConfig:
     momentum: bool = True
     retention: bool = True
     eta_max: float = 0.5  # eta = eta_max * sigmoid(.)
+    dgd_layer: str = "key"  # MLP memories with dgd: the factor on W2 (key, SPEC) or on W1's hidden codes (hidden)
     dgd_gate: bool = False  # with dgd: the DGD factor's rate from a gate of its own (not eta's)
     dgd_eta_max: float | None = None  # with dgd: the DGD factor's ceiling (None: eta's; > 1: negative eigenvalues)
     activation: str = "gelu"  # sigma of the MLP memory: gelu | silu
@@ -47,7 +48,7 @@ class TitansConfig:
         return InnerRule(kind=self.memory, expansion=self.expansion, activation=self.activation,
                          chunk_size=self.chunk_size, dgd=self.dgd, momentum=self.momentum,
                          retention=self.retention, eta_max=self.eta_max, dgd_eta_max=self.dgd_eta_max,
-                         dgd_gate=self.dgd_gate, hidden_norm=self.hidden_norm,
+                         dgd_gate=self.dgd_gate, dgd_layer=self.dgd_layer, hidden_norm=self.hidden_norm,
                          mean_step=self.mean_step, momentum_norm=self.momentum_norm,
                          recompute=self.recompute)
 

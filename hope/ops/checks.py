@@ -58,6 +58,16 @@ def operator_queries(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q if q.shape[2] == H else torch.cat([k[:, :, :read_heads(q, H).start], q], dim=2)
 
 
+DGD_LAYERS = ("key", "hidden")
+
+
+def unit_code(z: torch.Tensor):
+    """`(z / |z|, |z|)` over the last axis, with `|z| = sqrt(||z||^2 + 1e-12)` (smooth at 0): the
+    unit keys of an MLP memory's output layer under `dgd_layer="hidden"`."""
+    n = torch.sqrt(z.square().sum(-1, keepdim=True) + 1e-12)
+    return z / n, n
+
+
 def hidden_scale(z: torch.Tensor) -> torch.Tensor:
     """`max(1, ||z||^2)` over the last axis: the divisor of W1's step under `hidden_norm`."""
     return z.square().sum(-1).clamp(min=1.0)

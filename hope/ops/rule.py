@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hope.ops.checks import ACTIVATIONS, OBJECTIVES
+from hope.ops.checks import ACTIVATIONS, DGD_LAYERS, OBJECTIVES
 
 KINDS = ("mlp", "linear")
 
@@ -30,6 +30,9 @@ class InnerRule:
         `alpha - dgd_eta` along `k` (state tracking, SPEC 3's option); at most 2 minus the write's
         largest per-token rate under the l2 objective (see `write_eta_max`), so that with C = 1 the
         transition along `k`, `alpha - dgd_eta - eta_write`, stays in [-1, 1].
+    dgd_layer: where an MLP memory takes the DGD factor: "key" (SPEC 3: `W2`, the layer reading the
+        key) or "hidden" (`W1 (alpha I - eta zh zh^T)` on the unit hidden code of the key: the erase
+        acts where the value is written; docs/DEVIATIONS.md, issue 14). Linear memories ignore it.
     dgd_gate: the DGD factor's rate has its own gate, `dgd_eta = dgd_eta_max * sigmoid(.)` from a
         map of its own in the layer (Titans: of x; self-modifying: of the eta memory's read), so the
         outer loop sets how much each token erases apart from how much it writes.
@@ -53,6 +56,7 @@ class InnerRule:
     retention: bool = True
     eta_max: float = 0.5
     dgd_eta_max: float | None = None
+    dgd_layer: str = "key"
     dgd_gate: bool = False
     objective: str = "l2"
     hidden_norm: bool = True
@@ -62,7 +66,7 @@ class InnerRule:
 
     def __post_init__(self) -> None:
         for name, value, choices in (("kind", self.kind, KINDS), ("activation", self.activation, ACTIVATIONS),
-                                     ("objective", self.objective, OBJECTIVES)):
+                                     ("objective", self.objective, OBJECTIVES), ("dgd_layer", self.dgd_layer, DGD_LAYERS)):
             if value not in choices:
                 raise ValueError(f"InnerRule.{name} must be one of {choices}, got {value!r}")
         if int(self.chunk_size) < 1:
@@ -112,7 +116,8 @@ class InnerRule:
         kw = dict(chunk_size=self.chunk_size, dgd=self.dgd, objective=self.objective,
                   momentum_norm=self.momentum_norm)
         if self.kind == "mlp":
-            kw.update(expansion=self.expansion, act=self.activation, hidden_norm=self.hidden_norm)
+            kw.update(expansion=self.expansion, act=self.activation, hidden_norm=self.hidden_norm,
+                      dgd_layer=self.dgd_layer)
         if impl == "chunk":
             kw["recompute"] = self.recompute
         return kw

@@ -247,3 +247,29 @@ def test_dgd_rate_defaults_to_eta_and_is_checked(impl):
     assert (o - o_other).abs().max() > 1e-4
     with pytest.raises(ValueError, match="dgd_eta must be"):
         op(**inputs, dgd_eta=inputs["eta"][:, :-1], **kw)
+
+
+@pytest.mark.parametrize("T,C,init,mom,obj,hidden_norm,act,n_read", [
+    (63, 16, "full", True, "l2", True, "gelu", 2), (100, 1, "shared", False, "l2", False, "silu", 2),
+    (257, 64, "none", True, "dot", True, "gelu", 1), (40, 16, "full", True, "l2", True, "silu", 0)])
+def test_hidden_dgd_chunk_equals_naive(T, C, init, mom, obj, hidden_norm, act, n_read):
+    """An MLP memory with the DGD factor on its output layer's unit hidden codes (`dgd_layer="hidden"`),
+    with a DGD rate of its own: chunk == naive, outputs, states and every gradient; reads of some
+    heads only."""
+    import torch
+
+    naive, chunk = OPS["mlp"]
+    inputs, state = make_case("mlp", T, init=init, momentum=mom, seed=T + 5 * C, chunk_size=C)
+    if init == "none":                       # the all-zero MLP is a fixed point: start from W2 != 0
+        from hope.ops import MLPMemoryState
+        state = MLPMemoryState(None, (0.5 * torch.randn(2, 8, 4, dtype=torch.float64)).requires_grad_())
+    g = torch.Generator().manual_seed(T)
+    inputs["dgd_eta"] = (1.5 * torch.rand(inputs["eta"].shape, generator=g, dtype=torch.float64)).requires_grad_()
+    inputs["q"] = inputs["q"][:, :, 2 - n_read:].detach().requires_grad_()
+    kw = dict(chunk_size=C, dgd=True, objective=obj, momentum_norm=mom, hidden_norm=hidden_norm, act=act,
+              dgd_layer="hidden")
+    ref, got = run(naive, inputs, state, **kw), run(chunk, inputs, state, **kw)
+    assert ref["grad.dgd_eta"].abs().max() > 0
+    assert_close(ref, got)
+    key = run(naive, inputs, state, **{**kw, "dgd_layer": "key"})
+    assert (key["o"] - ref["o"]).abs().max() > 1e-6 if n_read else (key["final.W1"] - ref["final.W1"]).abs().max() > 1e-6

@@ -14,9 +14,11 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import activation, check_inputs, dgd_rate, hidden_scale, operator_queries, read_heads
+from hope.ops.checks import (DGD_LAYERS, activation, check_inputs, dgd_rate, hidden_scale, operator_queries,
+                             read_heads, unit_code)
 from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
-from hope.ops.operators import chunk_decays, keyed_operators, keyed_step, loop_operators, pair_projections
+from hope.ops.operators import (ChunkDecays, chunk_decays, keyed_operators, keyed_step, loop_operators,
+                               pair_projections)
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype, state_step
 
 
@@ -35,6 +37,7 @@ def chunk_mlp_memory(
     expansion: int = 2,
     act: str = "gelu",
     hidden_norm: bool = False,
+    dgd_layer: str = "key",
     momentum_norm: bool = False,
     dgd_eta: Optional[torch.Tensor] = None,
     recompute: bool = False,
@@ -59,7 +62,12 @@ def chunk_mlp_memory(
         output_final_state: return the state after the last token.
         chunk_size: C (default 32), the mini-batch (gradients at the chunk-start state, chunks
             counted from the start of the stream) and the parallel block.
-        dgd: apply `alpha I - eta k k^T` to W2 (else `alpha I`); W1 always gets `alpha I`.
+        dgd: apply the DGD factor to the layer `dgd_layer` names (else `alpha I` on both layers).
+        dgd_layer: "key" (SPEC 3): `W2 (alpha I - eta k k^T)`, W1 plain retention; "hidden": the
+            output layer in the space of hidden codes, `W1 (alpha I - eta zh zh^T)` with the unit
+            code `zh = z / |z|` of the key at the chunk-start weights (`z = sigma(W2_0 k)`, the
+            activation W1's gradient is taken on), W2 plain retention: a delta rule over the
+            memory's features, so the erase and the write act on the same layer and code.
         objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
         expansion: e, the hidden width E = e * D (used only to build a zero state).
         act: sigma, "gelu" (exact) or "silu".
@@ -83,6 +91,8 @@ def chunk_mlp_memory(
     """
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
     dgd_eta = dgd_rate(dgd_eta, eta)
+    if dgd_layer not in DGD_LAYERS:
+        raise ValueError(f"dgd_layer must be one of {DGD_LAYERS}, got {dgd_layer!r}")
     sigma, dsigma = activation(act)
     st = initial_state if initial_state is not None else MLPMemoryState(None, None)
     C = int(chunk_size)
@@ -96,7 +106,8 @@ def chunk_mlp_memory(
     if pos:
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
-    seg_kw = dict(dgd=dgd, momentum_norm=momentum_norm, compile=compile, r=r, sigma=sigma,
+    seg_kw = dict(dgd=dgd, hidden_dgd=dgd and dgd_layer == "hidden", momentum_norm=momentum_norm,
+                  compile=compile, r=r, sigma=sigma,
                   dsigma=dsigma, objective=objective, hidden_norm=hidden_norm)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
@@ -113,7 +124,7 @@ def chunk_mlp_memory(
 
 
 def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, full, dgd,
-                 momentum_norm, compile, **step_kw):
+                 hidden_dgd, momentum_norm, compile, **step_kw):
     """Chunks of L tokens `[B, N*L, ...]` from state (W1, W2, S1, S2): the operators of all of them
     at once (state-independent), then the chunk loop. W1_0, W2_0: chunk-start weights when the
     segment resumes inside a chunk, else None; full: L is the chunk size (else a tail chunk).
@@ -122,16 +133,20 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
     etac, alphac, betac, dgdc = (to_chunks(x, L) for x in (eta, alpha, beta, dgd_eta))
     dec = chunk_decays(alphac, betac)
     grad_rate = etac * (1 - betac) if momentum_norm else etac               # rate of the gradients
-    ops = keyed_operators(kc, qoc, dgdc, dec, dgd, grad_rate)                # W2: keys k, queries q
+    ops = keyed_operators(kc, qoc, dgdc, dec, dgd and not hidden_dgd, grad_rate)   # W2: keys k, queries q
     # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
     grad_weight = dec.E * grad_rate.unsqueeze(-2)                           # [B, H, N, L, L]: E[t,s] eta_s
     resumed = W1_0 is not None                      # (a resumed segment is one partial chunk)
     seg = []
-    for lop, k_n, q_n, v_n, grad_weight_n in zip(loop_operators(ops, u_column=True).chunks(),
-                                                 kc.unbind(2), qc.unbind(2), vc.unbind(2),
-                                                 grad_weight.unbind(2)):
+    for n, (lop, k_n, q_n, v_n, grad_weight_n) in enumerate(zip(
+            loop_operators(ops, u_column=True).chunks(), kc.unbind(2), qc.unbind(2), vc.unbind(2),
+            grad_weight.unbind(2))):
+        # W1 with DGD on hidden codes: its keys depend on the chunk-start W2, so its operators are
+        # built in the chunk step from this chunk's decays and rates
+        w1_rates = ((ChunkDecays(*(x[:, :, n:n + 1] for x in dec)), dgdc[:, :, n:n + 1],
+                     grad_rate[:, :, n:n + 1]) if hidden_dgd else None)
         args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
-                q_n, v_n, grad_weight_n)
+                q_n, v_n, grad_weight_n, w1_rates)
         # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail
         # chunk, once per call at most, runs eager
         o_n, W1, W2, S1, S2, W1_0, W2_0 = run_step(
@@ -140,12 +155,14 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
     return (from_chunks(torch.stack(seg, dim=2)), W1, W2, S1, S2, W1_0, W2_0)
 
 
-def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, *, r, sigma, dsigma,
-               objective, hidden_norm):
+def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, w1_rates, *, r, sigma,
+               dsigma, objective, hidden_norm):
     """One chunk of the MLP memory: reads `[B, Hq, L, D]` and the next W1, W2, S1, S2.
 
     W1_0, W2_0: the chunk-start weights when the call resumed inside this chunk, else None (the
-    chunk starts at W1, W2). Returns (reads, W1, W2, S1, S2, W1_0, W2_0).
+    chunk starts at W1, W2). w1_rates: (this chunk's decays, DGD rates, gradient rates) when W1
+    carries the DGD factor on hidden codes, else None (W1 in the dual form, no DGD).
+    Returns (reads, W1, W2, S1, S2, W1_0, W2_0).
     """
     KT, KS = pair_projections(k_n, W2, S2)
     QT, QS = pair_projections(q_n, W2[:, r], S2[:, r])
@@ -163,6 +180,18 @@ def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, *,
     # W1, dual form: o1_t = W1_t sigma(hq_t), with hq_t = W2_t q_t (keyed, DGD)
     hq, W2, S2 = keyed_step(lop, k_n, W2, S2, KT, KS, QT, QS, delta)
     zq = sigma(hq)                                                          # [B, Hq, L, E]
+    if w1_rates is not None:
+        # W1 as a keyed layer on the unit codes zh (gradient err z^T = (err |z|) zh^T), read with zq
+        dec_n, dgd_n, rate_n = w1_rates
+        zh, zn = unit_code(z)
+        H = z.shape[1]
+        q1 = zq if zq.shape[1] == H else torch.cat([zh[:, :H - zq.shape[1]], zq], dim=1)
+        lop1 = loop_operators(keyed_operators(zh.unsqueeze(2), q1.unsqueeze(2), dgd_n, dec_n, True, rate_n),
+                              u_column=True).chunks()[0]
+        KT1, KS1 = pair_projections(zh, W1, S1)
+        QT1, QS1 = pair_projections(zq, W1[:, r], S1[:, r])
+        o1, W1, S1 = keyed_step(lop1, zh, W1, S1, KT1, KS1, QT1, QS1, err * zn)
+        return q_n + o1, W1, W2, S1, S2, W1_0, W2_0
     ZQ_W1, ZQ_S1 = pair_projections(zq, W1[:, r], S1[:, r])                # [B, Hq, L, D]
     o1 = (ZQ_W1 * lop.gamma[:, r] + ZQ_S1 * lop.m[:, r]
           - (grad_weight_n[:, r] * (zq @ z[:, r].transpose(-1, -2))) @ err[:, r])

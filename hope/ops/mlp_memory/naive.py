@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import activation, check_inputs, dgd_rate, hidden_scale, read_heads
+from hope.ops.checks import DGD_LAYERS, activation, check_inputs, dgd_rate, hidden_scale, read_heads, unit_code
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype
 
 
@@ -30,6 +30,7 @@ def naive_recurrent_mlp_memory(
     expansion: int = 2,
     act: str = "gelu",
     hidden_norm: bool = False,
+    dgd_layer: str = "key",
     momentum_norm: bool = False,
     dgd_eta: Optional[torch.Tensor] = None,
 ):
@@ -53,7 +54,12 @@ def naive_recurrent_mlp_memory(
         chunk_size: C (default 32), the mini-batch: gradients of tokens in [nC, (n+1)C) are
             taken at the state after token nC - 1, counting from the start of the stream (a
             resumed state carries its position).
-        dgd: apply `alpha I - eta k k^T` to W2 (else `alpha I`); W1 always gets `alpha I`.
+        dgd: apply the DGD factor to the layer `dgd_layer` names (else `alpha I` on both layers).
+        dgd_layer: "key" (SPEC 3): `W2 (alpha I - eta k k^T)`, W1 plain retention; "hidden": the
+            output layer in the space of hidden codes, `W1 (alpha I - eta zh zh^T)` with the unit
+            code `zh = z / |z|` of the key at the chunk-start weights (`z = sigma(W2_0 k)`, the
+            activation W1's gradient is taken on), W2 plain retention: a delta rule over the
+            memory's features, so the erase and the write act on the same layer and code.
         objective: "l2" (`1/2 ||M(k) - v||^2`) or "dot" (`-<M(k), v>`).
         expansion: e, the hidden width E = e * D (used only to build a zero state).
         act: sigma, "gelu" (exact) or "silu".
@@ -74,6 +80,8 @@ def naive_recurrent_mlp_memory(
     """
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
     dgd_eta = dgd_rate(dgd_eta, eta)
+    if dgd_layer not in DGD_LAYERS:
+        raise ValueError(f"dgd_layer must be one of {DGD_LAYERS}, got {dgd_layer!r}")
     sigma, dsigma = activation(act)
     st = initial_state if initial_state is not None else MLPMemoryState(None, None)
     pos = check_pos(st.pos, chunk_size, st.W1_chunk is not None and st.W2_chunk is not None)
@@ -116,10 +124,13 @@ def naive_recurrent_mlp_memory(
         S1 = beta_t * S1 - grad_rate_t * g1_t
         S2 = beta_t * S2 - grad_rate_t * g2_t
         # Theta_t = Theta_{t-1} A_t + S_t: W1 plain retention, W2 DGD when enabled
-        W1 = alpha_t * W1 + S1
-        W2A = alpha_t * W2
-        if dgd:
+        W1A, W2A = alpha_t * W1, alpha_t * W2
+        if dgd and dgd_layer == "key":
             W2A = W2A - dgd_t * outer(mv(W2, k_t), k_t)          # W2 (alpha I - dgd_eta k k^T)
+        elif dgd:
+            zh_t = unit_code(z_t)[0]
+            W1A = W1A - dgd_t * outer(mv(W1, zh_t), zh_t)        # W1 (alpha I - dgd_eta zh zh^T)
+        W1 = W1A + S1
         W2 = W2A + S2
         # o_t = M_{Theta_t}(q_t)
         outs.append(q_t + mv(W1[:, r], sigma(mv(W2[:, r], q_t))))
