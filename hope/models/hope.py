@@ -41,6 +41,7 @@ class HopeConfig:
     eta_max: float = 0.5
     dgd_layer: str = "key"  # MLP memories with dgd: the factor on W2 (key, SPEC) or on W1's hidden codes (hidden)
     dgd_gate: bool = False  # with dgd: the DGD factor's rate from a gate of its own (not eta's)
+    dgd_bias: float = -2.0  # initial bias of that gate (dgd_eta = dgd_eta_max * sigmoid(.))
     dgd_eta_max: float | None = None  # the DGD factor's ceiling (None: eta's; > 1: negative eigenvalues)
     activation: str = "gelu"
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
@@ -79,7 +80,7 @@ class Hope(CMSLanguageModel):
         blocks = [MixerCMSBlock(
             SelfModifyingTitans(cfg.d_model, cfg.n_heads, *cfg.rules(), static_k=cfg.static_k,
                                 static_v=cfg.static_v, static_q=cfg.static_q, self_target=cfg.self_target,
-                                proj_eta_offset=cfg.proj_eta_offset,
+                                proj_eta_offset=cfg.proj_eta_offset, dgd_bias=cfg.dgd_bias,
                                 eps=cfg.norm_eps),
             build_cms(cfg), cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

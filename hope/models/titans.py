@@ -33,6 +33,7 @@ class TitansConfig:
     eta_max: float = 0.5  # eta = eta_max * sigmoid(.)
     dgd_layer: str = "key"  # MLP memories with dgd: the factor on W2 (key, SPEC) or on W1's hidden codes (hidden)
     dgd_gate: bool = False  # with dgd: the DGD factor's rate from a gate of its own (not eta's)
+    dgd_bias: float = -2.0  # initial bias of that gate (dgd_eta = dgd_eta_max * sigmoid(.))
     dgd_eta_max: float | None = None  # with dgd: the DGD factor's ceiling (None: eta's; > 1: negative eigenvalues)
     activation: str = "gelu"  # sigma of the MLP memory: gelu | silu
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
@@ -82,7 +83,7 @@ class Titans(CMSLanguageModel):
 
     def __init__(self, cfg: TitansConfig):
         blocks = [MixerCMSBlock(
-            TitansMixer(cfg.d_model, cfg.n_heads, cfg.rule(), eps=cfg.norm_eps),
+            TitansMixer(cfg.d_model, cfg.n_heads, cfg.rule(), dgd_bias=cfg.dgd_bias, eps=cfg.norm_eps),
             CMS(cfg.d_model, cfg.ffn_hidden, (None,), norm_eps=cfg.norm_eps),  # one static level = a SwiGLU MLP
             cfg.d_model, cfg.norm_eps) for _ in range(cfg.n_layers)]
         super().__init__(cfg, blocks)

@@ -33,6 +33,8 @@ def _contiguous(x):
         return x.contiguous()
     if isinstance(x, tuple) and hasattr(x, "_fields"):                       # operator NamedTuples
         return type(x)(*(_contiguous(y) for y in x))
+    if isinstance(x, tuple):
+        return tuple(_contiguous(y) for y in x)
     return x
 
 
