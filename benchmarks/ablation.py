@@ -12,7 +12,8 @@ config switch, `ROWS`). Every row gets the same budget, data and seed:
   byte) and bits per byte. Parameter counts differ a little between rows (a static projection has
   no projection memory, no CMS is one MLP of the chain's width) and are reported.
 * **MAD recall**: `hope bench mad`'s models and budget (about 108K parameters, matched to the
-  bench's Transformer within 5% for every row) on in-context recall and noisy recall.
+  bench's Transformer within 5% for every row) on in-context recall and noisy recall
+  (`--recall-tasks`).
 Each finished (row, part) is written to `OUT/rows/` at once and reused when the command runs again
 with the same settings. Writes `results.json`, `results.md` and `results.png` to `--out`.
 """
@@ -106,11 +107,12 @@ def _params(cfg: Config) -> int:
         return count_parameters(build_model(cfg.arch, cfg.model))["total"]
 
 
-def run_recall(row: str, overrides: list[str], budget, out: Path, seed: int, progress: bool) -> dict:
+def run_recall(row: str, overrides: list[str], budget, out: Path, seed: int, progress: bool,
+               tasks=RECALL) -> dict:
     sets = [f"hope.{o.split('.', 1)[1]}" for o in overrides]
     shape = ModelShape(overrides=parse_overrides(sets, ["hope"]))
     recs = {}
-    for task in mad.tasks(False, list(RECALL), seed=seed):
+    for task in mad.tasks(False, list(tasks), seed=seed):
         cfg, n = model_configs(["transformer", "hope"], shape, task.vocab_size, task.train_len, task.max_len)["hope"]
         key = {"budget": dataclasses.asdict(budget), "config": dataclasses.asdict(cfg), "seed": seed}
         path = out / "rows" / f"{row}__{task.name}.json"
@@ -132,14 +134,14 @@ def markdown(report: dict) -> str:
              f"(parameters matched to its Transformer) and budget ({s['recall_budget']['steps']} steps of "
              f"{s['recall_budget']['batch_size']}), accuracy (%). Base overrides: "
              f"{', '.join(s['base']) or 'none'}. Seed {s['seed']}.", "",
-             "| row | LM val ppl | bits/byte | params (LM) | icr | noisy icr | params (MAD) | paper: ppl / acc |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| row | LM val ppl | bits/byte | params (LM) | " + " | ".join(s["recall_tasks"]) + " | params (MAD) | paper: ppl / acc |",
+             "| --- | ---: | ---: | ---: |" + " ---: |" * len(s["recall_tasks"]) + " ---: | --- |"]
     for row, r in report["rows"].items():
         lm, rc = r.get("lm"), r.get("recall", {})
         cells = [ROWS[row][0],
                  f"{lm['val_ppl']:.3f}" if lm else "", f"{lm['val_bpb']:.4f}" if lm else "",
                  f"{lm['params']:,}" if lm else ""]
-        for t in RECALL:
+        for t in s["recall_tasks"]:
             x = rc.get(t)
             cells.append("" if x is None else ("diverged" if x["diverged"] else f"{x['accuracy']['test']:.1f}"))
         cells.append(", ".join(sorted({f"{x['params']:,}" for x in rc.values()})))
@@ -160,12 +162,14 @@ def plot(report: dict, png: Path) -> bool:
         return False
     rows = list(report["rows"])
     labels = [ROWS[r][0] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
+    tasks = report["settings"]["recall_tasks"]
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(5 * (1 + len(tasks)), 4), dpi=110, squeeze=False)
+    axes = axes[0]
     ppl = [report["rows"][r].get("lm", {}).get("val_ppl", math.nan) for r in rows]
     axes[0].barh(labels, ppl, color="tab:blue")
     axes[0].set_xlabel("LM validation perplexity per byte (lower is better)")
     axes[0].set_xlim(min(p for p in ppl if p == p) * 0.97 if any(p == p for p in ppl) else 0, None)
-    for ax, t in zip(axes[1:], RECALL):
+    for ax, t in zip(axes[1:], tasks):
         acc = [(report["rows"][r].get("recall", {}).get(t) or {}).get("accuracy", {}).get("test", math.nan)
                for r in rows]
         ax.barh(labels, acc, color="tab:green")
@@ -188,6 +192,7 @@ def main() -> None:
     ap.add_argument("--parts", default="lm,recall", help="lm, recall or both")
     ap.add_argument("--lm-steps", type=int, default=300, help="LM training steps of 16 x 128 tokens")
     ap.add_argument("--recall-steps", type=int, default=None, help="MAD training steps (default: the bench's 600)")
+    ap.add_argument("--recall-tasks", default=",".join(RECALL), help="MAD tasks of the recall part")
     ap.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
                     help="a Hope config override applied to every row first (the design under test); repeatable")
     ap.add_argument("--seed", type=int, default=0)
@@ -212,7 +217,11 @@ def main() -> None:
             budget = dataclasses.replace(budget, steps=30)
         lm_steps = 20 if args.quick else args.lm_steps
         out = Path(args.out)
-        report = {"settings": {"lm_steps": lm_steps, "recall_budget": dataclasses.asdict(budget), "base": args.set,
+        tasks = [t.strip() for t in args.recall_tasks.split(",") if t.strip()]
+        bad = [t for t in tasks if t not in mad.TASKS]
+        if bad:
+            raise HopeError(f"unknown MAD task {bad[0]!r}; tasks: {', '.join(mad.TASKS)}")
+        report = {"settings": {"lm_steps": lm_steps, "recall_tasks": tasks, "recall_budget": dataclasses.asdict(budget), "base": args.set,
                                "seed": args.seed, "quick": args.quick}, "rows": {}, "paper": PAPER}
         if (out / "results.json").exists():       # rows finished by earlier invocations with these settings
             old = json.loads((out / "results.json").read_text())
@@ -226,7 +235,7 @@ def main() -> None:
                 entry["lm"] = run_lm(row, overrides, lm_steps, out)
                 print(f"  {row} lm: val ppl {entry['lm']['val_ppl']:.3f}")
             if "recall" in parts:
-                entry["recall"] = run_recall(row, overrides, budget, out, args.seed, not args.no_progress)
+                entry["recall"] = run_recall(row, overrides, budget, out, args.seed, not args.no_progress, tasks)
                 print(f"  {row} recall: " + ", ".join(f"{t} {r['accuracy'].get('test', float('nan')):.1f}"
                                                       for t, r in entry["recall"].items()))
             report["rows"] = {r: report["rows"][r] for r in ROWS if r in report["rows"]}
