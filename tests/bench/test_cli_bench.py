@@ -58,3 +58,33 @@ def test_eval_niah_on_a_trained_run(tmp_path, capsys):
     assert set(res) == {"600", "900"} and all(r["samples"] == 2 and 0 <= r["accuracy"] <= 100 for r in res.values())
     assert "| niah_single_1 |" in capsys.readouterr().out
     assert main(["eval", "niah", "--run", str(run), "--lengths", "2000"]) == 2  # beyond max_seq_len
+
+
+def test_bench_set_changes_the_named_models_only(tmp_path):
+    from hope.bench.common import ModelShape, model_configs, parse_overrides
+
+    archs = ["transformer", "titans", "hope"]
+    shape = ModelShape(overrides=parse_overrides(["model.dgd_gate=true", "titans.dgd=true",
+                                                  "hope.dgd_eta_max=1.9"], archs))
+    cfgs = {a: c for a, (c, _) in model_configs(archs, shape, 16, 64, 64).items()}
+    assert cfgs["titans"].dgd and cfgs["titans"].dgd_gate and cfgs["titans"].dgd_eta_max is None
+    assert cfgs["hope"].dgd_gate and cfgs["hope"].dgd_eta_max == 1.9
+    assert not hasattr(cfgs["transformer"], "dgd")
+    base = {a: c for a, (c, _) in model_configs(archs, ModelShape(), 16, 64, 64).items()}
+    assert not base["titans"].dgd and base["titans"].momentum_norm  # Hope's inner-rule conventions
+    out = tmp_path / "m"
+    assert main(["bench", "mad", *TINY, "--tasks", "icr", "--models", "titans", "--out", str(out),
+                 "--set", "titans.dgd=true", "--set", "titans.dgd_eta_max=1.5"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["settings"]["shape"]["overrides"] == [["titans", "dgd", "true"], ["titans", "dgd_eta_max", "1.5"]]
+
+
+@pytest.mark.parametrize("item,msg", [("model.no_such=1", "no chosen model has the field 'no_such'"),
+                                      ("rnn.dgd=true", "must be model or one of"),
+                                      ("dgd", "must look like model.FIELD=VALUE"),
+                                      ("hope.dgd_eta_max=3", "model.dgd_eta_max must be in (0, 1.96875]")])
+def test_bench_set_bad_input(tmp_path, capsys, item, msg):
+    assert main(["bench", "mad", *TINY, "--tasks", "icr", "--models", "titans,hope", "--out", str(tmp_path),
+                 "--set", item]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and msg in err[-1]

@@ -51,3 +51,11 @@ def test_cli_prints_one_line_for_bad_input(compare, tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as e:
         compare.main()
     assert str(e.value).startswith("error: ") and "no_such_key" in str(e.value)
+
+
+def test_arch_overrides(compare):
+    sets = ["train.steps=5", "transformer:model.max_seq_len=2048", "hope:model.dgd=false"]
+    assert compare.arch_overrides("transformer", sets) == ["train.steps=5", "model.max_seq_len=2048"]
+    assert compare.arch_overrides("titans", sets) == ["train.steps=5"]
+    with pytest.raises(HopeError, match="'rnn' is not one of"):
+        compare.arch_overrides("titans", ["rnn:model.dgd=true"])
