@@ -77,7 +77,8 @@ def evaluate_windows(run: Path, windows: list[int], max_tokens: int) -> dict:
 def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) -> dict:
     overrides = arch_overrides(arch, overrides)
     cfg = get_recipe(recipe_name(arch, size))
-    per_step = cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
+    shaped = apply_overrides(cfg, overrides).train  # the batch shape the run will have
+    per_step = shaped.batch_size * shaped.seq_len * shaped.grad_accum
     steps = max(1, math.ceil(tokens / per_step))
     evals = 10
     cfg = apply_overrides(cfg, [f"train.steps={steps}", f"train.eval_every={max(1, steps // evals)}",

@@ -59,3 +59,16 @@ def test_arch_overrides(compare):
     assert compare.arch_overrides("titans", sets) == ["train.steps=5"]
     with pytest.raises(HopeError, match="'rnn' is not one of"):
         compare.arch_overrides("titans", ["rnn:model.dgd=true"])
+
+
+def test_steps_follow_the_overridden_batch_shape(compare, tmp_path, monkeypatch):
+    seen = {}
+
+    def capture(cfg, run, **kw):
+        seen["train"] = cfg.train
+        raise HopeError("stop here")
+
+    monkeypatch.setattr(compare, "train", capture)
+    with pytest.raises(HopeError, match="stop here"):
+        compare.run_one("titans", "debug", 40960, tmp_path, ["train.seq_len=128", "train.batch_size=4"])
+    assert seen["train"].steps == 80 and seen["train"].seq_len == 128  # 40960 / (4 x 128)
