@@ -48,7 +48,7 @@ def cmd_bench(args) -> int:
     print(f"hope bench {args.suite}: {len(tasks)} task(s) x {len(archs)} model(s), {budget.steps} steps of "
           f"{budget.batch_size}, lr {budget.lr}, {torch.get_num_threads()} thread(s) -> {out}")
     run_suite(args.suite, tasks, archs, budget, shape, args.seed, out, suite.PAPER, suite.SPLIT_LABELS,
-              progress=not args.no_progress, overwrite=args.overwrite)
+              progress=not args.no_progress, overwrite=args.overwrite, report_only=args.report_only)
     return 0
 
 
@@ -76,4 +76,6 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--overwrite", action="store_true", help="retrain pairs already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the pairs already in --out (a suite still running)")
     p.set_defaults(func=cmd_bench)

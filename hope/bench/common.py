@@ -321,8 +321,11 @@ def train_and_test(task: Task, arch: str, config, budget: Budget, seed: int, pro
 
 def run_suite(suite: str, tasks: list[Task], archs: list[str], budget: Budget, shape: ModelShape, seed: int,
               out: Path, paper: dict, split_labels: dict[str, str], progress: bool = True,
-              overwrite: bool = False) -> dict:
-    """Train and test every (task, model) pair; write `results.json`, `results.md` and `results.png` to `out`."""
+              overwrite: bool = False, report_only: bool = False) -> dict:
+    """Train and test every (task, model) pair; write `results.json`, `results.md` and `results.png` to `out`.
+
+    report_only: train nothing; the report holds the pairs already in `out/pairs` with these settings.
+    """
     out = Path(out)
     (out / "pairs").mkdir(parents=True, exist_ok=True)
     settings = {"suite": suite, "budget": dataclasses.asdict(budget), "shape": dataclasses.asdict(shape), "seed": seed}
@@ -341,6 +344,9 @@ def run_suite(suite: str, tasks: list[Task], archs: list[str], budget: Budget, s
             if old is not None and old.get("key") == json.loads(json.dumps(key)):
                 rec = old["record"]
                 print(f"  {arch}: done already ({path})")
+            elif report_only:
+                print(f"  {arch}: not trained yet (--report-only)")
+                continue
             else:
                 rec = train_and_test(task, arch, cfg, budget, seed, progress)
                 _write(path, {"key": key, "record": rec})

@@ -88,3 +88,16 @@ def test_bench_set_bad_input(tmp_path, capsys, item, msg):
                  "--set", item]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and msg in err[-1]
+
+
+def test_bench_report_only_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "f"
+    assert main(["bench", "formal", *TINY, "--tasks", "parity", "--models", "transformer", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["bench", "formal", *TINY, "--tasks", "parity,aa_star", "--models", "transformer,titans",
+                 "--out", str(out), "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("not trained yet") == 3 and "done already" in printed
+    report = json.loads((out / "results.json").read_text())
+    assert report["results"] == {"parity": {"transformer": report["results"]["parity"]["transformer"]}, "aa_star": {}}
+    assert not (out / "pairs" / "parity__titans.json").exists()
