@@ -57,18 +57,19 @@ def arch_overrides(arch: str, overrides: list[str]) -> list[str]:
 
 def evaluate_windows(run: Path, windows: list[int], max_tokens: int) -> dict:
     """Carried-mode validation perplexity at each window (`hope eval ppl`), cached in RUN/eval/."""
-    import subprocess
-    import sys
+    from hope.cli import main as hope_cli
 
     res = {}
     for w in windows:
         path = run / "eval" / f"ppl_window{w}.json"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-c", "import sys; from hope.cli import main; sys.exit(main())",
-                            "eval", "ppl", "--run", str(run), "--split", "validation",
-                            "--window", str(w), "--modes", "carried", "--max-tokens", str(max_tokens),
-                            "--out", str(path)], check=True)
+            rc = hope_cli(["eval", "ppl", "--run", str(run), "--split", "validation", "--window", str(w),
+                           "--modes", "carried", "--max-tokens", str(max_tokens), "--out", str(path)])
+            if rc == 130:
+                raise KeyboardInterrupt
+            if rc != 0:
+                raise HopeError(f"hope eval ppl failed on {run} at window {w} (its error is printed above)")
         r = json.loads(path.read_text())["results"]
         res[str(w)] = {mode: {"ppl": v["ppl"], "bpb": v["bpb"], "tokens": v["tokens"]} for mode, v in r.items()}
     return res

@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from hope.config import TrainConfig
 from hope.errors import HopeError
-from hope.models import HopeAttentionConfig, HopeConfig, TitansConfig, TransformerConfig, build_model, count_parameters
+from hope.models import (HopeAttentionConfig, HopeConfig, TitansConfig, TransformerConfig, build_model, count_parameters,
+                         get_model_class)
 from hope.models.common import forward_backward
 from hope.optim import build_optimizer
 from hope.schedule import lr_at
@@ -99,7 +100,7 @@ def parse_overrides(items, archs) -> tuple[tuple[str, str, str], ...]:
         if target != "model" and target not in ARCHS:
             raise HopeError(f"--set {item!r}: the part before the dot must be model or one of {', '.join(ARCHS)}")
         scope = [a for a in archs if target in ("model", a)]
-        classes = {a: type(_config(a, ModelShape(), 16, 16, 16, 8)) for a in scope}
+        classes = {a: get_model_class(a).config_class for a in scope}
         if not scope or not any(name in {f.name for f in dataclasses.fields(c)} for c in classes.values()):
             fields = sorted({f.name for c in classes.values() for f in dataclasses.fields(c)})
             raise HopeError(f"--set {item!r}: no chosen model has the field {name!r}"

@@ -1,20 +1,13 @@
 """benchmarks/ablation.py: every row is one valid Hope config switch, at matched parameters, and the
 report renders what was measured (the run itself is `python benchmarks/ablation.py --quick`)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ablation.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ablation")
 
 
 def test_rows_are_the_papers_switches(ablation):

@@ -1,22 +1,16 @@
 """benchmarks/compare.py: a diverged model is a recorded result, any other error stops the comparison."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from hope.errors import DivergedError, HopeError
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
 
 
 @pytest.fixture
 def compare():
-    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare")
 
 
 def test_divergence_is_recorded_and_skipped_on_rerun(compare, tmp_path, monkeypatch):

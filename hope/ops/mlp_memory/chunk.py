@@ -135,12 +135,14 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
     grad_rate = etac * (1 - betac) if momentum_norm else etac               # rate of the gradients
     ops = keyed_operators(kc, qoc, dgdc, dec, dgd and not hidden_dgd, grad_rate)   # W2: keys k, queries q
     # W1 (no DGD): W1_t = gamma_t W1' + m_t S1' - sum_{s<=t} E[t,s] eta_s err_s z_s^T
-    grad_weight = dec.E * grad_rate.unsqueeze(-2)                           # [B, H, N, L, L]: E[t,s] eta_s
+    # (unused when W1 carries DGD on hidden codes: it is then a keyed layer built per chunk)
+    grad_weight = None if hidden_dgd else dec.E * grad_rate.unsqueeze(-2)  # [B, H, N, L, L]: E[t,s] eta_s
     resumed = W1_0 is not None                      # (a resumed segment is one partial chunk)
     seg = []
+    N = kc.shape[2]
     for n, (lop, k_n, q_n, v_n, grad_weight_n) in enumerate(zip(
             loop_operators(ops, u_column=True).chunks(), kc.unbind(2), qc.unbind(2), vc.unbind(2),
-            grad_weight.unbind(2))):
+            [None] * N if grad_weight is None else grad_weight.unbind(2))):
         # W1 with DGD on hidden codes: its keys depend on the chunk-start W2, so its operators are
         # built in the chunk step from this chunk's decays and rates
         w1_rates = ((ChunkDecays(*(x[:, :, n:n + 1] for x in dec)), dgdc[:, :, n:n + 1],
