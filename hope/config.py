@@ -22,6 +22,7 @@ from typing import Any
 
 from hope.errors import HopeError
 
+CONFIG_FORMAT = 2  # 2: issue 14 changed Hope's main-memory defaults (HopeConfig.FORMAT1_DEFAULTS)
 MODEL_CONFIGS: dict[str, type] = {}  # arch name -> config dataclass, filled by hope.models
 
 
@@ -156,12 +157,21 @@ class Config:
             )
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "model": dataclasses.asdict(self.model),
+        return {"format": CONFIG_FORMAT, "arch": self.arch, "model": dataclasses.asdict(self.model),
                 "train": dataclasses.asdict(self.train), "data": dataclasses.asdict(self.data)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        return cls(arch=d["arch"], model=_build(model_config_class(d["arch"]), d.get("model", {}), "model"),
+        """A config from its dict. A dict without `format` (written before format 2, or by hand) takes
+        the model defaults of format 1 for the fields it lacks (`FORMAT1_DEFAULTS` of the model's
+        config class: the defaults a changed design had before), so old runs load as trained."""
+        model_cls = model_config_class(d["arch"])
+        model = d.get("model", {})
+        if "format" not in d:
+            model = {**getattr(model_cls, "FORMAT1_DEFAULTS", {}), **model}
+        elif d["format"] != CONFIG_FORMAT:
+            raise HopeError(f"config format {d['format']!r} is not one this version reads ({CONFIG_FORMAT})")
+        return cls(arch=d["arch"], model=_build(model_cls, model, "model"),
                    train=_build(TrainConfig, d.get("train", {}), "train"),
                    data=_build(DataConfig, d.get("data", {}), "data"))
 

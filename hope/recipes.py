@@ -101,24 +101,27 @@ def titans_base() -> Config:
 
 
 def hope_debug() -> Config:
-    """Linear projection memories: at width 64, MLP ones would exceed the Transformer's size by 30%."""
+    """Linear projection memories: at width 64, MLP ones would exceed the Transformer's size by 30%.
+
+    The Hope recipes' CMS widths match the Transformer's parameters with Hope's linear main memory
+    (issue 14; with `model.memory=mlp` they are 2-10% larger: widths 32, 64, 336, 592 matched that)."""
     return _with_model(debug, "hope", proj_memory="linear", chunk_proj=16, chunk_mem=16, cms_periods=(None, 32, 16),
-                       cms_hidden=32)
+                       cms_hidden=48)
 
 
 def hope_tiny() -> Config:
     return _with_model(tiny, "hope", proj_memory="mlp", chunk_proj=16, chunk_mem=16, cms_periods=(None, 256, 64),
-                       cms_hidden=64)
+                       cms_hidden=80)
 
 
 def hope_small() -> Config:
     return _with_model(small, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 2048, 512),
-                       cms_hidden=336)
+                       cms_hidden=360)
 
 
 def hope_base() -> Config:
     return _with_model(base, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 2048, 512),
-                       cms_hidden=592)
+                       cms_hidden=616)
 
 
 RECIPES = {

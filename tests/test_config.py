@@ -55,3 +55,19 @@ def test_corrupt_config_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(HopeError, match="corrupt config file"):
         Config.load(tmp_path / "config.json")
+
+
+def test_config_without_format_loads_hope_as_trained_before_the_change():
+    """A run written before format 2 has no `self_target` (or, by hand, no `memory`): it reads the old
+    defaults (SPEC's MLP main memory with self-generated targets); a current file reads as written."""
+    new = get_recipe("hope_debug")
+    assert new.model.memory == "linear" and new.model.self_target is False
+    old = new.to_dict()
+    del old["format"], old["model"]["self_target"], old["model"]["memory"]
+    loaded = Config.from_dict(old)
+    assert loaded.model.memory == "mlp" and loaded.model.self_target is True
+    old["model"]["memory"] = "linear"                      # a stored value wins over the old default
+    assert Config.from_dict(old).model.memory == "linear"
+    assert Config.from_dict(new.to_dict()) == new
+    with pytest.raises(HopeError, match="config format 9"):
+        Config.from_dict({**new.to_dict(), "format": 9})

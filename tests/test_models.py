@@ -72,7 +72,8 @@ def test_state_detaches_moves_and_saves(arch, tmp_path):
 ABLATIONS = {
     "full": {}, "no-dgd": {"dgd": False}, "no-momentum": {"momentum": False}, "no-retention": {"retention": False},
     "no-cms": {"cms": False}, "static-k": {"static_k": True}, "static-v": {"static_v": True},
-    "static-q": {"static_q": True}, "linear-memories": {"memory": "linear", "proj_memory": "linear"},
+    "static-q": {"static_q": True}, "mlp-main-memory": {"memory": "mlp"},
+    "self-target": {"self_target": True}, "spec-main-memory": {"memory": "mlp", "self_target": True},
     "mlp-proj-memories": {"proj_memory": "mlp"}, "nested-cms": {"cms_variant": "nested"},
     "independent-cms": {"cms_variant": "independent"},
 }

@@ -68,7 +68,8 @@ def register(subparsers) -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=2)
-    p.add_argument("--memory", default="mlp", choices=["mlp", "linear"], help="main memory of Titans and Hope")
+    p.add_argument("--memory", default=None, choices=["mlp", "linear"],
+                   help="main memory of Titans and Hope (default: each model's own, Titans mlp, Hope linear)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a model config field: model.FIELD=VALUE (every model that has it) or ARCH.FIELD=VALUE "
                         "(e.g. hope.dgd_eta_max=1.9, titans.dgd=true); repeatable")

@@ -84,7 +84,8 @@ class ModelShape:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
-    memory: str = "mlp"  # main memory of Titans and Hope: mlp | linear (Hope's projection memories are linear)
+    memory: str | None = None  # main memory of Titans and Hope: mlp | linear; None: each model's default
+    # (Titans mlp, SPEC 4.1; Hope linear, docs/DEVIATIONS.md); Hope's projection memories are linear
     overrides: tuple[tuple[str, str, str], ...] = ()  # (arch or "model", field, value) from `--set`
 
 
@@ -132,11 +133,12 @@ def _base_config(arch: str, shape: ModelShape, vocab_size: int, train_len: int, 
     if arch == "titans":
         # the inner-rule conventions of Hope (momentum_norm on; mean_step, hidden_norm as both default),
         # so that Titans and Hope differ only in their mechanisms (issue 14)
-        return TitansConfig(**shared, ffn_hidden=width, memory=shape.memory, chunk_size=CHUNK, momentum_norm=True)
+        return TitansConfig(**shared, ffn_hidden=width, memory=shape.memory or TitansConfig.memory,
+                            chunk_size=CHUNK, momentum_norm=True)
     if arch == "hope_attention":
         return HopeAttentionConfig(**shared, max_seq_len=max_len, cms_periods=(None, 2 * period, period), cms_hidden=width)
     if arch == "hope":
-        return HopeConfig(**shared, memory=shape.memory, proj_memory="linear", chunk_proj=CHUNK, chunk_mem=CHUNK,
+        return HopeConfig(**shared, memory=shape.memory or HopeConfig.memory, proj_memory="linear", chunk_proj=CHUNK, chunk_mem=CHUNK,
                           cms_periods=(None, 2 * period, period), cms_hidden=width)
     raise HopeError(f"unknown model {arch!r}; available: {', '.join(ARCHS)}")
 
@@ -377,6 +379,13 @@ def _write(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def memory_label(memory: str | None) -> str:
+    """The main memories of a report's settings, in words."""
+    if memory:
+        return f"{memory} memories"
+    return f"main memories: titans {TitansConfig.memory}, hope {HopeConfig.memory}"
+
+
 def markdown_report(report: dict) -> str:
     """Our accuracies (%) per task and model, parameter counts, and the paper's numbers (SPEC 7)."""
     res, labels = report["results"], report["split_labels"]
@@ -387,7 +396,7 @@ def markdown_report(report: dict) -> str:
     lines = [f"# hope bench {report['suite']}", "",
              f"Accuracy (%) on {' / '.join(labels.get(x, x) for x in splits)}; {b['steps']} steps of "
              f"{b['batch_size']} examples, lr {b['lr']}, d_model {s['d_model']}, {s['n_layers']} layers, "
-             f"{s['memory']} memories, seed {report['settings']['seed']}, {b['eval_size']} test examples per split.",
+             f"{memory_label(s.get('memory'))}, seed {report['settings']['seed']}, {b['eval_size']} test examples per split.",
              "", "| task | " + " | ".join(archs) + " |", "| --- |" + " ---: |" * len(archs)]
     for task, row in res.items():
         cells = []

@@ -284,7 +284,7 @@ def test_inner_rule_is_checked_and_built_from_the_model_configs():
     for bad in ({"kind": "deep"}, {"chunk_size": 0}, {"eta_max": 1.0}, {"activation": "relu"}):
         with pytest.raises(ValueError, match="InnerRule"):
             InnerRule(**bad)
-    main, proj = HopeConfig(proj_memory="linear", chunk_proj=8, chunk_mem=32, dgd=False).rules()
+    main, proj = HopeConfig(memory="mlp", proj_memory="linear", chunk_proj=8, chunk_mem=32, dgd=False).rules()
     assert (main.kind, main.chunk_size, proj.kind, proj.chunk_size) == ("mlp", 32, "linear", 8)
     assert not main.dgd and not proj.dgd and main.momentum_norm
     assert TitansConfig(memory="linear", chunk_size=4).rule() == InnerRule(
