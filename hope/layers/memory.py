@@ -104,6 +104,8 @@ class MemoryBank(nn.Module):
             return p.expand(batch_size, *p.shape)
         if self.kind == "mlp":
             return MLPMemoryState(ex(self.W1), ex(self.W2))
+        if self.rule.anchor:                  # the state is what the stream wrote, W - W0
+            return LinearMemoryState(torch.zeros_like(ex(self.W)))
         return LinearMemoryState(ex(self.W))
 
     def read_start(self, state, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +133,8 @@ class MemoryBank(nn.Module):
         else:
             W = (state.W_chunk if state.pos else state.W).to(x.dtype).unflatten(1, (n, H))
             out = torch.einsum("bnhij,btnhj->btnhi", W, xs.expand(-1, -1, n, -1, -1))
+            if self.rule.anchor:
+                out = out + torch.einsum("nhij,btnhj->btnhi", self.W.to(x.dtype), xs.expand(-1, -1, n, -1, -1))
         return out.flatten(2, 3)
 
     def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None):
@@ -143,5 +147,11 @@ class MemoryBank(nn.Module):
         op = _OPS[(self.kind, self.impl)]
         eta, dgd_eta = self.rule.rates(eta, dgd_eta)
         extra = {"compile": self.compile} if self.impl == "chunk" else {}
-        return op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
-                  dgd_eta=dgd_eta, **self.rule.op_kwargs(self.impl), **extra)
+        if self.rule.anchor:                  # the op runs on W - W0: its l2 gradient needs v - W0 k
+            W0 = self.W.flatten(0, 1).to(k.dtype)                               # [n*H, D, D]
+            v = v - torch.einsum("hij,bthj->bthi", W0, k)
+        o, new = op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
+                    dgd_eta=dgd_eta, **self.rule.op_kwargs(self.impl), **extra)
+        if self.rule.anchor and q.shape[2]:
+            o = o + torch.einsum("hij,bthj->bthi", W0[W0.shape[0] - q.shape[2]:], q)
+        return o, new

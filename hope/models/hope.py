@@ -55,6 +55,7 @@ class HopeConfig:
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
     momentum_norm: bool = True  # momentum as a running mean of the inner gradients (docs/DEVIATIONS.md)
     recompute: bool = False  # memory ops keep chunk-start states only and recompute chunks in the backward
+    anchor: bool = False  # linear memories: retention decays W - W0 (toward the meta-learned init), not W
     cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
     cms_hidden: int = 144  # SwiGLU width of every CMS level
     cms_variant: str = "sequential"  # sequential | nested | independent
@@ -75,8 +76,9 @@ class HopeConfig:
                          retention=self.retention, eta_max=self.eta_max, dgd_eta_max=self.dgd_eta_max,
                          dgd_gate=self.dgd_gate, dgd_layer=self.dgd_layer, hidden_norm=self.hidden_norm,
                          mean_step=self.mean_step, momentum_norm=self.momentum_norm,
-                         recompute=self.recompute)
-        return main, replace(main, kind=self.proj_memory, chunk_size=self.chunk_proj)
+                         recompute=self.recompute, anchor=self.anchor and self.memory == "linear")
+        return main, replace(main, kind=self.proj_memory, chunk_size=self.chunk_proj,
+                             anchor=self.anchor and self.proj_memory == "linear")
 
     def __post_init__(self) -> None:
         check_mixer_fields(self)

@@ -40,6 +40,7 @@ class TitansConfig:
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
     momentum_norm: bool = False  # momentum as a running mean of the inner gradients (on in Hope; docs/DEVIATIONS.md)
     recompute: bool = False  # memory ops keep chunk-start states only and recompute chunks in the backward
+    anchor: bool = False  # linear memories: retention decays W - W0 (toward the meta-learned init), not W
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -51,7 +52,7 @@ class TitansConfig:
                          retention=self.retention, eta_max=self.eta_max, dgd_eta_max=self.dgd_eta_max,
                          dgd_gate=self.dgd_gate, dgd_layer=self.dgd_layer, hidden_norm=self.hidden_norm,
                          mean_step=self.mean_step, momentum_norm=self.momentum_norm,
-                         recompute=self.recompute)
+                         recompute=self.recompute, anchor=self.anchor and self.memory == "linear")
 
     def __post_init__(self) -> None:
         check_mixer_fields(self)

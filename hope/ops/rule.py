@@ -45,6 +45,10 @@ class InnerRule:
         is eta / C per token; the DGD factor keeps the token's rate).
     momentum_norm: stability switch: momentum as a running mean, `S = beta S - (1 - beta) eta g`.
     recompute: keep only chunk-start states for the backward and recompute each chunk there.
+    anchor: retention and the DGD factor act on what the stream wrote, `W - W0`, not on `W`: a long
+        stream decays toward the meta-learned initial state `W0` instead of toward zero (linear
+        memories, l2 objective; `hope.layers.memory.MemoryBank` runs the same op on `W - W0` with
+        targets `v - W0 k`, exact because the l2 gradient is `(W k - v) k^T`; docs/DEVIATIONS.md).
     """
 
     kind: str = "mlp"
@@ -63,12 +67,16 @@ class InnerRule:
     mean_step: bool = True
     momentum_norm: bool = False
     recompute: bool = False
+    anchor: bool = False
 
     def __post_init__(self) -> None:
         for name, value, choices in (("kind", self.kind, KINDS), ("activation", self.activation, ACTIVATIONS),
                                      ("objective", self.objective, OBJECTIVES), ("dgd_layer", self.dgd_layer, DGD_LAYERS)):
             if value not in choices:
                 raise ValueError(f"InnerRule.{name} must be one of {choices}, got {value!r}")
+        if self.anchor and (self.kind != "linear" or self.objective != "l2"):
+            raise ValueError(f"InnerRule.anchor needs a linear memory and the l2 objective, got kind "
+                             f"{self.kind!r}, objective {self.objective!r}")
         if int(self.chunk_size) < 1:
             raise ValueError(f"InnerRule.chunk_size must be >= 1, got {self.chunk_size}")
         if int(self.expansion) < 1:

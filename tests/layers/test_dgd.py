@@ -138,3 +138,43 @@ def test_one_shot_write_then_read(kind, dgd):
         torch.testing.assert_close(read, k + moved * (v - k))
         if dgd:
             assert z @ z_new < 0.7 * (z @ z)                          # the erase costs the write
+
+
+def _bank(anchor, D=6):
+    torch.manual_seed(1)
+    return MemoryBank(InnerRule(kind="linear", chunk_size=4, anchor=anchor), 1, 2, D,
+                      linear_init="random").double()
+
+
+def _stream(bank, eta, alpha, T=12, D=6):
+    torch.manual_seed(2)
+    k = F.normalize(torch.randn(1, T, 2, D, dtype=torch.float64), dim=-1)
+    v, q = torch.randn(1, T, 2, D, dtype=torch.float64), F.normalize(torch.randn(1, T, 2, D, dtype=torch.float64), dim=-1)
+    full = lambda x: torch.full((1, T, 2), x, dtype=torch.float64)
+    return bank.update(bank.init_state(1), q, k, v, full(eta), full(alpha), full(0.0))[0], q
+
+
+def test_anchor_is_the_same_rule_without_decay_and_decays_to_the_init_with_it():
+    """With alpha = 1 and DGD off, retention toward W0 and toward zero coincide (the anchored bank
+    runs its op on W - W0 with targets v - W0 k, exactly the l2 gradient); with nothing written
+    (eta 0) and alpha < 1, the plain memory's reads fade by alpha^t while the anchored ones stay W0 q."""
+    plain, anchored = _bank(False), _bank(True)
+    for bank in (plain, anchored):
+        bank.rule = InnerRule(kind="linear", chunk_size=4, anchor=bank.rule.anchor, dgd=False)
+    torch.testing.assert_close(_stream(anchored, 0.3, 1.0)[0], _stream(plain, 0.3, 1.0)[0])
+    o_plain, q = _stream(plain, 0.0, 0.9)
+    o_anchor, _ = _stream(anchored, 0.0, 0.9)
+    W0q = torch.einsum("hij,bthj->bthi", anchored.W[0], q)
+    torch.testing.assert_close(o_anchor, W0q)
+    decay = 0.9 ** torch.arange(1, 13, dtype=torch.float64).view(1, 12, 1, 1)
+    torch.testing.assert_close(o_plain, decay * W0q)
+
+
+def test_anchor_needs_a_linear_l2_memory():
+    with pytest.raises(ValueError, match="anchor"):
+        InnerRule(kind="mlp", anchor=True)
+    with pytest.raises(ValueError, match="anchor"):
+        InnerRule(kind="linear", objective="dot", anchor=True)
+    main, proj = HopeConfig(anchor=True, memory="linear", proj_memory="mlp").rules()
+    assert main.anchor and not proj.anchor
+    assert not TitansConfig(anchor=True).rule().anchor and TitansConfig(anchor=True, memory="linear").rule().anchor

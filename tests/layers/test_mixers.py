@@ -33,6 +33,11 @@ LAYERS = {
     "selfmod-dgd-gate-proj-offset": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8, dgd_gate=True,
                                                          dgd_eta_max=1.85, proj_eta_offset=-3.0,
                                                          self_target=False, **kw),
+    # retention toward the meta-learned initial state (linear memories)
+    "titans-linear-anchor": lambda **kw: titans(D_MODEL, HEADS, chunk_size=8, memory="linear", dgd=True,
+                                                anchor=True, **kw),
+    "selfmod-linear-anchor": lambda **kw: selfmod(D_MODEL, HEADS, chunk_proj=4, chunk_mem=8, memory="linear",
+                                                  proj_memory="linear", anchor=True, self_target=False, **kw),
 }
 
 SELFMOD_ABLATIONS = {
