@@ -132,9 +132,9 @@ class MemoryBank(nn.Module):
             out = xs + torch.einsum("bnhde,btnhe->btnhd", W1, self.sigma(h))
         else:
             W = (state.W_chunk if state.pos else state.W).to(x.dtype).unflatten(1, (n, H))
+            if self.rule.anchor:              # the state holds W - W0
+                W = W + self.W.to(x.dtype)
             out = torch.einsum("bnhij,btnhj->btnhi", W, xs.expand(-1, -1, n, -1, -1))
-            if self.rule.anchor:
-                out = out + torch.einsum("nhij,btnhj->btnhi", self.W.to(x.dtype), xs.expand(-1, -1, n, -1, -1))
         return out.flatten(2, 3)
 
     def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None):
