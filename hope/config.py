@@ -67,6 +67,7 @@ class TrainConfig:
     num_samples: int = 3
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     stateful: bool = False  # batch rows are contiguous streams whose in-context state carries across steps
+    tbptt: bool = True  # CMS models: cut the mixers' graph at CMS segment boundaries (False: full gradient)
     parallel: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (FSDP2, sharded; hope/parallel.py)
     trainable: str = "all"  # parameters the outer optimizer trains: all, or some of cms,mixer,norm,embed (TRAINABLE)
 

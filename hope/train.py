@@ -51,8 +51,11 @@ from hope.schedule import lr_at
 
 @torch.no_grad()
 def evaluate(model, windows: torch.Tensor, token_bytes: torch.Tensor, batch_size: int, device, autocast,
-             init_state=lambda batch: None, same_calls: bool = False) -> dict:
+             init_state=lambda batch: None, same_calls: bool = False, learn: bool = False) -> dict:
     """Mean loss (nats/token), perplexity and bits per byte over `windows` [N, T + 1].
+
+    With `learn`, a model whose CMS learns in context reads every window learning (`model.read`: each
+    token scored before the model learns from it), as it trains; otherwise the CMS is frozen.
 
     In a distributed run every process takes a share of the windows and the sums are all-reduced.
     `init_state(batch)` gives each batch's starting state (a sharded model's, `hope.parallel`); with
@@ -75,7 +78,10 @@ def evaluate(model, windows: torch.Tensor, token_bytes: torch.Tensor, batch_size
             continue
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast():
-            logits, _ = model(x, init_state(len(x)))
+            if learn:
+                logits, _ = model.read(x, init_state(len(x)), learn=True)
+            else:
+                logits, _ = model(x, init_state(len(x)))
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
         nats += loss.double()
         count += y.numel()
@@ -367,6 +373,17 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
         return contextlib.nullcontext()
 
     windows = val_windows(tokens["val"], tc.seq_len, tc.eval_tokens)
+    learns = getattr(raw_model, "cms_segment", None) is not None and not fsdp
+
+    def validate() -> dict:
+        """The validation figures; a model whose CMS learns in context is validated learning, as it
+        trains (`val_*`), and frozen beside it (`val_*_frozen`). FSDP validates frozen only."""
+        frozen = evaluate(model, windows, token_bytes, tc.batch_size, device, autocast, fresh_state, fsdp)
+        if not learns:
+            return frozen
+        learning = evaluate(raw_model, windows, token_bytes, tc.batch_size, device, autocast, fresh_state, learn=True)
+        return {**learning, **{f"{k}_frozen": v for k, v in frozen.items()}}
+
     token_bytes = torch.from_numpy(tokenizer.token_bytes)
     metrics_path = out / "metrics.jsonl"
     metrics_file = open(metrics_path, "a") if master else open(os.devnull, "w")
@@ -424,7 +441,7 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
                 with outer:
                     loss, state = forward_backward(
                         model, x, y, start_state, tc.batch_size * tc.seq_len * tc.grad_accum, autocast,
-                        no_sync=no_sync, raw_model=raw_model)
+                        no_sync=no_sync, raw_model=raw_model, truncate=tc.tbptt)
                 if tc.stateful:
                     streams[micro] = state
                 loss_sum += loss
@@ -448,9 +465,10 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
             if step % tc.eval_every == 0 or step == tc.steps:
-                last_val = evaluate(model, windows, token_bytes, tc.batch_size, device, autocast, fresh_state, fsdp)
+                last_val = validate()
                 record({"step": step, "tokens": tokens_seen, **last_val})
-                bar.write(f"step {step}: val loss {last_val['val_loss']:.4f}, ppl {last_val['val_ppl']:.2f}, "
+                frozen = f" (frozen CMS {last_val['val_ppl_frozen']:.2f})" if "val_ppl_frozen" in last_val else ""
+                bar.write(f"step {step}: val loss {last_val['val_loss']:.4f}, ppl {last_val['val_ppl']:.2f}{frozen}, "
                           f"bpb {last_val['val_bpb']:.4f}") if master else None
             if step % tc.ckpt_every == 0 or step == tc.steps:
                 checkpoint(step)
@@ -475,7 +493,8 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
     if master:
         uni = unigram_baseline(tokens["train"], windows, tokenizer.vocab_size)
         result["unigram_ppl"] = uni
-        log(f"validation perplexity {last_val['val_ppl']:.2f} (unigram baseline {uni:.2f}), "
+        frozen = f", {last_val['val_ppl_frozen']:.2f} with the CMS frozen" if "val_ppl_frozen" in last_val else ""
+        log(f"validation perplexity {last_val['val_ppl']:.2f}{frozen} (unigram baseline {uni:.2f}), "
             f"bits per byte {last_val['val_bpb']:.4f}, {tokens_seen:,} tokens")
         if plot_losses(metrics_path, out / "loss.png", uni):
             log(f"loss curve: {out / 'loss.png'}")

@@ -4,6 +4,7 @@ smoke runs of both benchmarks through the CLI (on small text made here: no prepa
 import json
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -256,3 +257,35 @@ def test_prepare_fortunes_and_kerneldoc(tmp_path):
         for r in rs:
             by_doc.setdefault(r["title"].split("#")[0], set()).add(split)
     assert all(len(s) == 1 for s in by_doc.values())  # a document's paragraphs share one split
+
+
+def test_parameter_roles_and_role_drift():
+    from hope.continual.levels import cms_periods, context_movement, parameter_role, role_drift
+    from hope.models import build_model
+    from hope.recipes import get_recipe
+
+    cfg = get_recipe("hope_attention_debug")
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, cfg.model)
+    periods = cms_periods(model)
+    roles = {parameter_role(n, periods) for n, _ in model.named_parameters()}
+    levels = {("cms static" if p is None else f"cms period {p}") for p in cfg.model.cms_periods}
+    assert levels <= roles and "embedding" in roles and "attention" in roles and "other" not in roles
+    assert parameter_role("blocks.0.mlp.down.weight") == "mlp"
+    before = {n: p.detach().double() for n, p in model.named_parameters()}    # float64: the 1.5x is exact
+    after = {n: p.clone() for n, p in before.items()}
+    moved = next(n for n in after if parameter_role(n, periods) == sorted(levels - {"cms static"})[0])
+    after[moved] = after[moved] * 1.5                               # one level's one matrix, by half its size
+    drift = role_drift(before, after, periods)
+    role = parameter_role(moved, periods)
+    same = [n for n in before if parameter_role(n, periods) == role]
+    want = float(before[moved].double().norm() * 0.5 / torch.sqrt(sum(before[n].double().pow(2).sum() for n in same)))
+    assert drift[role] == pytest.approx(want, rel=1e-12)
+    assert all(v == 0.0 for r, v in drift.items() if r != role)
+
+    rows = torch.randint(0, cfg.model.vocab_size, (2, 4 * min(p for p in cfg.model.cms_periods if p)))
+    moves = context_movement(model, rows, window=rows.shape[1] // 2)
+    assert set(moves) == {str(p) for p in cfg.model.cms_periods if p is not None}
+    assert all(v > 0 for v in moves.values())
+    static = build_model(cfg.arch, replace(cfg.model, cms_periods=(None,) * len(cfg.model.cms_periods)))
+    assert context_movement(static, rows, window=8) == {}

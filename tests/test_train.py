@@ -66,10 +66,41 @@ def test_every_architecture_trains_resumes_and_generates(arch, tmp_path, capsys)
             "train.seq_len=32", "train.log_every=1"]
     assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
     assert all(map(lambda v: v == v, losses(tmp_path / "run").values()))  # finite
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_ppl" in r]
+    assert len(evals) == 2
+    # a CMS that learns in context is validated learning, as trained, with the frozen figure beside it
+    learns = arch != "titans"
+    assert all(("val_ppl_frozen" in r) == learns for r in evals)
+    if learns:
+        assert all(r["val_ppl"] != r["val_ppl_frozen"] for r in evals)
     capsys.readouterr()
     for flag in ([], ["--no-learn"]):
         assert main(["generate", "--run", str(tmp_path / "run"), "--prompt", "KING:", "--max-new-tokens", "5", *flag]) == 0
         assert capsys.readouterr().out.startswith("KING:")
+
+
+@pytest.mark.parametrize("arch", ["hope_attention", "hope"])
+def test_meta_learned_step_and_full_gradient_train(arch, tmp_path):
+    """model.cms_meta with train.tbptt=false: the whole sequence in one graph, the step sizes learned."""
+    import torch
+
+    from hope.checkpoint import latest_checkpoint, load_checkpoint
+    from hope.models import build_model
+
+    cfg = apply_overrides(get_recipe(f"{arch}_debug"), FAST + [
+        "train.steps=3", "train.eval_every=3", "train.seq_len=32", "train.batch_size=2", "train.log_every=1",
+        "model.cms_meta=true", "train.tbptt=false", "train.warmup_steps=1"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert all(v == v for v in losses(tmp_path / "run").values()) and result["val_ppl"] == result["val_ppl"]
+    from hope.config import Config
+
+    saved = Config.load(tmp_path / "run" / "config.json")
+    model = build_model(saved.arch, saved.model)
+    load_checkpoint(latest_checkpoint(tmp_path / "run"), model)
+    start = torch.log(torch.tensor(saved.model.cms_lr))
+    moved = [float((b.cms.log_lr.detach() - start).abs().max()) for b in model.blocks]
+    assert all(m > 0 for m in moved), moved
 
 
 def test_stateful_streams_resume_exactly(tmp_path, monkeypatch):

@@ -62,11 +62,47 @@ def cmd_eval_ppl(args) -> int:
     modes = tuple(m.strip() for m in args.modes.split(","))
     res = perplexity(model, tok, docs, window, args.max_tokens, args.batch_size, args.streams, modes,
                      learn=not args.no_learn)
+    if args.dynamic:
+        res["dynamic"] = dynamic_eval(args, model, tok, cfg, data, split, docs, window)
     out = {"run": str(args.run or args.gguf), "data": data, "split": split, "window": window,
            "max_seq_len": limit, "results": res}
     if args.out:
         write_json(args.out, out)
     return 0
+
+
+def dynamic_eval(args, model, tok, cfg, data: str, split: str, docs: list[str], window: int) -> dict:
+    """`hope eval ppl --dynamic`: dynamic evaluation (hope.eval.dynamic) of the split, its learning
+    rate chosen on the first `--dynamic-tune-tokens` of the validation split unless given."""
+    import time
+
+    from hope.eval.dynamic import dynamic_nll, tune_lr
+    from hope.eval.scoring import stream_ids, summarize
+
+    tuning = None
+    if args.dynamic_lr == "auto":
+        if split == "validation":
+            raise HopeError("--dynamic-lr auto tunes on the validation split: evaluate --split test, or give --dynamic-lr")
+        _, _, val_docs = eval_documents(data, "validation", cfg)
+        val = stream_ids(val_docs, tok)[:args.dynamic_tune_tokens + 1]
+        print(f"dynamic evaluation: tuning the learning rate on {val.numel() - 1:,} validation tokens")
+        lr, tuning = tune_lr(model, val, window, args.dynamic_params, args.streams)
+    else:
+        try:
+            lr = float(args.dynamic_lr)
+        except ValueError:
+            raise HopeError(f"--dynamic-lr must be a number or auto, got {args.dynamic_lr!r}") from None
+    ids = stream_ids(docs, tok)
+    if args.max_tokens is not None:
+        ids = ids[:args.max_tokens + 1]
+    t0 = time.perf_counter()
+    nll = dynamic_nll(model, ids, window, lr, args.dynamic_params, args.streams)
+    out = {**summarize(nll, ids[1:], tok.token_bytes), "seconds": round(time.perf_counter() - t0, 2), "lr": lr,
+           "params": args.dynamic_params, "streams": args.streams,
+           **({"tuning": {f"{k:g}": v for k, v in tuning.items()}} if tuning else {})}
+    print(f"  {'dynamic':<14} loss {out['loss']:.4f}  ppl {out['ppl']:.2f}  bpb {out['bpb']:.4f}  "
+          f"(lr {lr:g}, parameters {args.dynamic_params}, {out['tokens']:,} tokens, {out['seconds']:.1f} s)")
+    return out
 
 
 def cmd_eval_context(args) -> int:
@@ -158,6 +194,13 @@ def register(subparsers) -> None:
     q.add_argument("--modes", default="carried,independent")
     q.add_argument("--no-learn", action="store_true", help="skip the CMS in-context-learning pass")
     q.add_argument("--state", default=None, help="a learned-state file (hope learn): every window starts from it")
+    q.add_argument("--dynamic", action="store_true",
+                   help="also dynamic evaluation (Krause et al.): an SGD step on every window after scoring it")
+    q.add_argument("--dynamic-lr", default="auto", help="its learning rate, or auto: the best of 0 and 1e-5..3e-3 "
+                   "on the validation split (default auto)")
+    q.add_argument("--dynamic-params", default="all", help="parameters it trains: all, or a subset of "
+                   "cms,mixer,norm,embed (cms: the CMS levels / Transformer++'s MLPs)")
+    q.add_argument("--dynamic-tune-tokens", type=int, default=16384, help="validation tokens for --dynamic-lr auto")
     q.add_argument("--out", default=None, help="write the results as JSON")
     q.set_defaults(func=cmd_eval_ppl)
 

@@ -15,12 +15,21 @@ a sequence whole equals feeding it in pieces. The update is a separate step, `cm
 after the backward pass of a segment's loss (training) or of the loss of the text just read
 (inference); `hope.models.common` drives both.
 
+The step size: by default every level steps by the fixed `lr` and the outer loop treats the update
+as a constant (first-order, SPEC 4.3). With `meta` (`model.cms_meta=true`) each learning level has its own
+step size `exp(log_lr[l])` (initialized to `lr`), a parameter of the model, and training keeps the
+update inside the graph (`hope.models.common.forward_backward`), so the outer gradient reaches the
+step sizes and flows through the fast weights into earlier segments (second order, as in MAML).
+
 Variants (SPEC 4.3): `sequential` (the chain, default), `nested` (when level l steps, level l+1 is
 re-initialized to level l's current weights), `independent` (levels read the same input in
 parallel; outputs mixed by learned softmax weights).
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +72,12 @@ class CMS(nn.Module):
         variant: "sequential", "nested" or "independent".
         lr: fast-weight learning rate (per-token mean gradient, see module docstring).
         decay: retention of fast weights towards the meta-learned weights, per update (0: none).
-        learn: False freezes every level (fast weights stay zero).
+        meta: a learned step size per learning level (`log_lr`, initialized to `log(lr)`; training
+            keeps the update in the graph); False: the fixed `lr`, first-order.
     """
 
     def __init__(self, d_model: int, hidden: int, periods: tuple, variant: str = "sequential", lr: float = 1.0,
-                 decay: float = 0.0, norm_eps: float = 1e-6):
+                 decay: float = 0.0, norm_eps: float = 1e-6, meta: bool = False):
         super().__init__()
         if not periods:
             raise HopeError("model.cms_periods needs at least one level")
@@ -79,13 +89,32 @@ class CMS(nn.Module):
         learning = [p for p in periods if p is not None]
         if learning and any(p % min(learning) for p in learning):
             raise HopeError(f"every CMS period must be a multiple of the shortest one; got {periods}")
+        if meta and learning and not lr > 0:
+            raise HopeError("model.cms_meta=true learns log step sizes: model.cms_lr (their start) must be > 0")
         self.periods = tuple(periods)
         self.variant = variant
         self.lr, self.decay = lr, decay
+        self.meta = bool(meta and learning)
         self.levels = nn.ModuleList(CMSLevel(d_model, hidden) for _ in periods)
         self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in periods)
         if variant == "independent":
             self.mix = nn.Parameter(torch.zeros(len(periods)))
+        if self.meta:
+            self.log_lr = nn.Parameter(torch.full((len(learning),), math.log(lr)))
+
+    def step_sizes(self) -> list:
+        """Per level, the step size `lr` of its update (None for a static level): the fixed `lr`, or
+        with `meta` the learned `exp(log_lr)` (a tensor in the graph)."""
+        out, j = [], 0
+        for p in self.periods:
+            if p is None:
+                out.append(None)
+            elif self.meta:
+                out.append(self.log_lr[j].exp())
+                j += 1
+            else:
+                out.append(self.lr)
+        return out
 
     @property
     def segment(self) -> int | None:
@@ -114,25 +143,33 @@ class CMS(nn.Module):
     def fast_weights(self, state: dict) -> list[torch.Tensor]:
         return [t for d in state["delta"] if d is not None for t in (d["w1"], d["w2"])]
 
-    @torch.no_grad()
-    def step(self, state: dict, grads: list[torch.Tensor | None]) -> dict:
+    def step(self, state: dict, grads: list[torch.Tensor | None], graph: bool = False) -> dict:
         """Accumulate `grads` (summed over tokens, aligned with `fast_weights(state)`) and update every
-        level whose period has elapsed since the last step. Returns a new, detached state."""
-        deltas = [None if d is None else {k: v.detach() for k, v in d.items()} for d in state["delta"]]
+        level whose period has elapsed since the last step. Returns a new state: detached, or with
+        `graph` (the meta-learned step in training) a function of the state, the grads and the step
+        sizes that autograd differentiates."""
+        with contextlib.nullcontext() if graph else torch.no_grad():
+            return self._step(state, grads, graph)
+
+    def _step(self, state: dict, grads: list, graph: bool) -> dict:
+        keep = (lambda t: t) if graph else (lambda t: t.detach())
+        deltas = [None if d is None else {k: keep(v) for k, v in d.items()} for d in state["delta"]]
         accs = list(state["acc"])
         it = iter(grads)
         for i, d in enumerate(deltas):
             if d is None:
                 continue
             g = {k: next(it) for k in ("w1", "w2")}
-            g = {k: (torch.zeros_like(d[k]) if g[k] is None else g[k].detach()) for k in g}
+            g = {k: (torch.zeros_like(d[k]) if g[k] is None else keep(g[k])) for k in g}
             accs[i] = g if accs[i] is None else {k: accs[i][k] + g[k] for k in g}
         pos, last = state["pos"], state["last"]
         due = [p is not None and pos // p != last // p for p in self.periods]
+        sizes = self.step_sizes()
         for i, period in enumerate(self.periods):
             if due[i]:
                 d, a = deltas[i], accs[i]
-                deltas[i] = {k: (1 - self.decay) * d[k] - (self.lr / period) * a[k] for k in d}
+                lr = sizes[i] if graph or not torch.is_tensor(sizes[i]) else sizes[i].detach()
+                deltas[i] = {k: (1 - self.decay) * d[k] - (lr / period) * a[k] for k in d}
                 accs[i] = None
         if self.variant == "nested":
             # after the steps, level i+1 restarts from level i's weights at the end of each of level i's
@@ -140,7 +177,7 @@ class CMS(nn.Module):
             for i in range(len(self.levels) - 1):
                 if due[i] and deltas[i + 1] is not None:
                     src, dst = self.levels[i], self.levels[i + 1]
-                    deltas[i + 1] = {"w1": src.gate_up.weight + deltas[i]["w1"] - dst.gate_up.weight,
-                                     "w2": src.down.weight + deltas[i]["w2"] - dst.down.weight}
+                    deltas[i + 1] = {"w1": keep(src.gate_up.weight + deltas[i]["w1"] - dst.gate_up.weight),
+                                     "w2": keep(src.down.weight + deltas[i]["w2"] - dst.down.weight)}
                     accs[i + 1] = None
         return {"delta": deltas, "acc": accs, "pos": pos, "last": pos}

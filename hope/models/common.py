@@ -11,8 +11,20 @@ that lets the CMS learn in context (SPEC 4.3).
   stream (its CMS) and streams that start from it (`hope.learn`).
 
 `forward_backward(model, x, y, state, loss_norm)` is the training step of every model: in segments of
-the shortest CMS period, forward, backward, then the CMS step; state crossing a segment boundary is
-carried detached (a fresh state keeps its link to the meta-learned initial states in the first one). For models without a learning CMS it is one plain forward and backward.
+the shortest CMS period, forward, the gradient of the segment's loss with respect to the fast
+weights, then the CMS step. Three modes:
+* truncated, first-order (`truncate=True`, `model.cms_meta=false`, the default): a backward
+  per segment; state crossing a segment boundary is carried detached (a fresh state keeps its link
+  to the meta-learned initial states in the first one);
+* full gradient (`truncate=False`, `train.tbptt=false`): the mixers' state keeps its graph across the
+  segments, each segment's CMS gradient is taken with `torch.autograd.grad(..., retain_graph=True)`,
+  and one backward of the whole sequence's loss follows; the CMS update is still a constant
+  (first-order);
+* meta-learned (`model.cms_meta=true`): as the full gradient, and the CMS update stays in the graph
+  (`create_graph=True`): the outer gradient flows through every fast-weight step into earlier
+  segments and reaches the learned step sizes (second order). With `truncate`, only the mixers'
+  states are cut at segment boundaries.
+For models without a learning CMS it is one plain forward and backward.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
 
 from hope.layers.memory import MemoryBank
@@ -78,6 +91,11 @@ class CMSLanguageModel(nn.Module):
         return getattr(self.config, "max_seq_len", None)
 
     @property
+    def cms_meta(self) -> bool:
+        """Whether some CMS level learns its step size (`model.cms_meta=true`)."""
+        return any(getattr(b.cms, "meta", False) for b in self.blocks)
+
+    @property
     def cms_segment(self) -> int | None:
         segs = [b.cms.segment for b in self.blocks if b.cms.segment is not None]
         return min(segs) if segs else None
@@ -129,14 +147,32 @@ class CMSLanguageModel(nn.Module):
     def fast_weights(self, state: dict) -> list[torch.Tensor]:
         return [w for b, s in zip(self.blocks, state["blocks"]) for w in b.cms.fast_weights(s["cms"])]
 
-    def cms_step(self, state: dict, grads: list) -> dict:
+    def renew_fast_weights(self, state: dict, graph: bool) -> dict:
+        """The state with every fast weight replaced by a new node of the same value: a detached leaf
+        that requires grad, or with `graph` a copy inside the graph. A segment's gradient with respect
+        to these reaches only the segment's own use of them, not earlier segments' reads kept in the
+        mixers' states (as `read` at inference computes it)."""
+        def renew(t):
+            if graph and t.requires_grad:
+                return t.clone()
+            return t.detach().requires_grad_(True)
+
+        blocks = []
+        for s in state["blocks"]:
+            deltas = [None if d is None else {k: renew(v) for k, v in d.items()} for d in s["cms"]["delta"]]
+            blocks.append({**s, "cms": {**s["cms"], "delta": deltas}})
+        return {**state, "blocks": blocks}
+
+    def cms_step(self, state: dict, grads: list, graph: bool = False, mixers: str = "detach") -> dict:
         """Apply the CMS rule after a segment. `grads` align with `fast_weights(state)` and are sums
-        over the segment's tokens of the next-token loss gradient. Returns a detached state."""
-        state = detach_state(state)
+        over the segment's tokens of the next-token loss gradient. Returns the state with the CMS
+        detached (or, with `graph`, its update in the autograd graph) and the mixers' states detached
+        (`mixers="detach"`) or as they are (`"keep"`: the full gradient across segments)."""
         blocks, i = [], 0
         for b, s in zip(self.blocks, state["blocks"]):
             n = len(b.cms.fast_weights(s["cms"]))
-            blocks.append({**s, "cms": b.cms.step(s["cms"], grads[i:i + n])})
+            mixer = detach_state(s["mixer"]) if mixers == "detach" else s["mixer"]
+            blocks.append({**s, "mixer": mixer, "cms": b.cms.step(s["cms"], grads[i:i + n], graph=graph)})
             i += n
         return {**state, "blocks": blocks}
 
@@ -177,7 +213,7 @@ class CMSLanguageModel(nn.Module):
 
 
 def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: float, autocast=contextlib.nullcontext,
-                     no_sync=contextlib.nullcontext, raw_model=None):
+                     no_sync=contextlib.nullcontext, raw_model=None, truncate: bool = True):
     """One micro-step of training: forward, loss, backward (and the CMS steps of a learning CMS).
 
     Args:
@@ -189,6 +225,8 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
         autocast: context manager factory for mixed precision.
         no_sync: context manager factory that suspends DDP gradient sync (all segments but the last).
         raw_model: the unwrapped model (for `cms_segment`, `fast_weights`, `cms_step`).
+        truncate: cut the mixers' graph at CMS segment boundaries (`train.tbptt`); False keeps the
+            full gradient within the sequence (module docstring).
     Returns:
         (summed loss over the scored tokens as a float, the state after the batch, detached; None for models
         without in-context state to carry).
@@ -204,6 +242,8 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
     fresh = state is None
     if fresh:
         state = raw.init_state(x.shape[0])
+    if raw.cms_meta or not truncate:
+        return _whole_sequence(model, raw, x, y, state, fresh, loss_norm, autocast, truncate)
     total, T, a = 0.0, x.shape[1], 0
     while a < T:
         b = min(T, a + seg - state["pos"] % seg)
@@ -224,6 +264,42 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
         total += loss.item()
         a = b
     return total, state
+
+
+def _whole_sequence(model, raw, x, y, state, fresh: bool, loss_norm: float, autocast, truncate: bool):
+    """`forward_backward` with one backward over the whole sequence: the full gradient (first-order
+    CMS steps) or the meta-learned step (CMS steps in the graph)."""
+    meta = raw.cms_meta
+    seg = raw.cms_segment
+    if not fresh:
+        state = detach_state(state)
+    # second order differentiates the backward itself; CPU flash attention has no double backward
+    kernels = sdpa_kernel([SDPBackend.MATH]) if meta else contextlib.nullcontext()
+    with kernels:
+        return _unrolled(model, raw, x, y, state, meta, seg, loss_norm, autocast, truncate)
+
+
+def _unrolled(model, raw, x, y, state, meta: bool, seg: int, loss_norm: float, autocast, truncate: bool):
+    total, T, a = None, x.shape[1], 0
+    while a < T:
+        b = min(T, a + seg - state["pos"] % seg)
+        state = raw.renew_fast_weights(state, graph=meta)
+        leaves = raw.fast_weights(state)
+        with autocast():
+            logits, state = model(x[:, a:b], state)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y[:, a:b].flatten(), reduction="sum")
+        scored = bool((y[:, a:b] != -100).any())
+        grads = (torch.autograd.grad(loss, leaves, create_graph=meta, retain_graph=True, allow_unused=True)
+                 if scored and leaves else [None] * len(leaves))
+        if b < T:
+            # the last segment's step would only change the state handed on (stateful training)
+            state = raw.cms_step(state, list(grads), graph=meta, mixers="detach" if truncate else "keep")
+        else:
+            state = raw.cms_step(state, list(grads))
+        total = loss if total is None else total + loss
+        a = b
+    (total / loss_norm).backward()
+    return total.item(), detach_state(state)
 
 
 def compile_model(model: nn.Module) -> nn.Module:

@@ -27,6 +27,7 @@ class HopeAttentionConfig:
     cms_variant: str = "sequential"  # sequential | nested | independent
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
     cms_decay: float = 0.0  # pull of the fast weights towards the meta-learned ones, per update
+    cms_meta: bool = False  # learned CMS step sizes, the update inside the training graph (second order)
     cms: bool = True  # False: the ablation "no CMS" (one static MLP of width len(cms_periods) * cms_hidden)
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -52,6 +53,8 @@ def check_cms_fields(cfg) -> None:
         raise HopeError(f"every CMS period must be a multiple of the shortest one; got {cfg.cms_periods}")
     if cfg.cms_lr < 0 or not 0 <= cfg.cms_decay < 1:
         raise HopeError("model.cms_lr must be >= 0 and model.cms_decay in [0, 1)")
+    if cfg.cms_meta and periods and not cfg.cms_lr > 0:
+        raise HopeError("model.cms_meta=true learns log step sizes starting from model.cms_lr, which must be > 0")
 
 
 def build_cms(cfg) -> CMS:
@@ -59,7 +62,7 @@ def build_cms(cfg) -> CMS:
     if not cfg.cms:
         return CMS(cfg.d_model, cfg.cms_hidden * len(cfg.cms_periods), (None,), norm_eps=cfg.norm_eps)
     return CMS(cfg.d_model, cfg.cms_hidden, tuple(cfg.cms_periods), cfg.cms_variant, cfg.cms_lr, cfg.cms_decay,
-               cfg.norm_eps)
+               cfg.norm_eps, cfg.cms_meta)
 
 
 class HopeAttention(CMSLanguageModel):

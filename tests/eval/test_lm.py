@@ -54,3 +54,10 @@ def test_eval_cli_on_a_debug_run(tmp_path, monkeypatch, capsys):
     assert (run / "eval" / "context_shakespeare.json").exists()
     assert main(["eval", "ppl", "--run", str(run), "--data", "shakespeare", "--window", "999"]) == 2
     assert "exceeds the model's maximum length" in capsys.readouterr().err
+    # dynamic evaluation, its learning rate tuned on the validation split
+    assert main(["eval", "ppl", "--run", str(run), "--data", "shakespeare", "--max-tokens", "1024", "--modes",
+                 "independent", "--dynamic", "--dynamic-tune-tokens", "512", "--out", str(tmp_path / "dyn.json")]) == 0
+    dyn = json.loads((tmp_path / "dyn.json").read_text())["results"]["dynamic"]
+    assert dyn["tokens"] == 1024 and dyn["lr"] == min((float(k) for k in dyn["tuning"]), key=lambda k: dyn["tuning"][f"{k:g}"])
+    assert main(["eval", "ppl", "--run", str(run), "--data", "shakespeare", "--dynamic", "--dynamic-lr", "x"]) == 2
+    assert "--dynamic-lr must be a number" in capsys.readouterr().err

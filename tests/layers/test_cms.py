@@ -121,3 +121,153 @@ def test_nested_variant_reinitializes_the_faster_level():
     slow = cms.levels[1].gate_up.weight + s["delta"][1]["w1"]
     fast = cms.levels[2].gate_up.weight + s["delta"][2]["w1"]
     torch.testing.assert_close(fast, slow)
+
+
+def _reference_meta_grads(m, tokens, lrs_of):
+    """Plain reference of the meta-learned step: the whole sequence unrolled segment by segment, every
+    CMS update written out here inside the graph (create_graph), the mixers' state never cut, then
+    the gradient of the summed loss with respect to every parameter. A segment's CMS gradient is
+    taken with respect to a copy of the fast weights made for that segment, so it covers the
+    segment's own use of them (not earlier segments' reads held in the KV cache), as at inference."""
+    B, T = tokens.shape[0], tokens.shape[1] - 1
+    s = m.init_state(B)
+    periods = m.blocks[0].cms.periods
+    acc = [[None] * len(periods) for _ in m.blocks]
+    total = 0.0
+    for a in range(0, T, SEG):
+        for b in s["blocks"]:
+            b["cms"]["delta"] = [None if d is None else {k: v.clone() if v.requires_grad else v.requires_grad_(True)
+                                                          for k, v in d.items()} for d in b["cms"]["delta"]]
+        leaves = m.fast_weights(s)
+        logits, s = m(tokens[:, a:a + SEG], s)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, a + 1:a + SEG + 1].flatten(), reduction="sum")
+        grads = iter(torch.autograd.grad(loss, leaves, create_graph=True))
+        total = total + loss
+        pos = a + SEG
+        for i, b in enumerate(s["blocks"]):
+            lrs = lrs_of(m.blocks[i].cms)
+            for lvl, period in enumerate(periods):
+                if period is None:
+                    continue
+                g = {"w1": next(grads), "w2": next(grads)}
+                acc[i][lvl] = g if acc[i][lvl] is None else {k: acc[i][lvl][k] + g[k] for k in g}
+                if pos % period == 0:
+                    d = b["cms"]["delta"][lvl]
+                    b["cms"]["delta"][lvl] = {k: d[k] - lrs[lvl] / period * acc[i][lvl][k] for k in d}
+                    acc[i][lvl] = None
+    params = [p for _, p in m.named_parameters()]
+    return total, torch.autograd.grad(total, params, allow_unused=True)
+
+
+def hope_model(lr=0.4, **kw):
+    from hope.models import Hope, HopeConfig
+
+    torch.manual_seed(0)
+    cfg = HopeConfig(vocab_size=23, d_model=16, n_layers=2, n_heads=2, chunk_mem=2, chunk_proj=2,
+                     cms_periods=(None, 2 * SEG, SEG), cms_hidden=8, cms_lr=lr, **kw)
+    return Hope(cfg).double()
+
+
+@pytest.mark.parametrize("build", [model, hope_model], ids=["hope_attention", "hope"])
+def test_meta_learned_step_outer_gradient_equals_unrolled_reference(build):
+    """With model.cms_meta, the outer gradient of every parameter, the learned step sizes included, is
+    that of the whole sequence unrolled with the CMS updates inside the graph (second order: for
+    Hope through the double backward of its memory ops)."""
+    from hope.models.common import forward_backward
+
+    m = build(lr=0.4, cms_meta=True)
+    with torch.no_grad():                       # distinct step sizes per level and block
+        for i, b in enumerate(m.blocks):
+            b.cms.log_lr.copy_(torch.log(torch.tensor([0.3 + 0.1 * i, 0.6 - 0.1 * i], dtype=torch.float64)))
+    tokens = torch.randint(0, 23, (2, 4 * SEG + 1))
+
+    def lrs(cms):
+        j = iter(cms.log_lr.exp())
+        return [None if p is None else next(j) for p in cms.periods]
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):                # CPU flash attention has no double backward
+        want_loss, want = _reference_meta_grads(m, tokens, lrs)
+    m.zero_grad()
+    loss, _ = forward_backward(m, tokens[:, :-1], tokens[:, 1:], None, 1.0, truncate=False)
+    assert loss == pytest.approx(want_loss.item(), rel=1e-12)
+    for (name, p), g in zip(m.named_parameters(), want):
+        if g is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-10, msg=name)
+    for b in m.blocks:
+        assert b.cms.log_lr.grad.abs().min() > 0       # the step sizes get a gradient
+
+    # first-order reference: the same unrolled loop with the step sizes detached and the update a
+    # constant differs from the meta gradient (the check above is not vacuous)
+    m.zero_grad()
+    m2 = build(lr=0.4)
+    m2.load_state_dict({k: v for k, v in m.state_dict().items() if "log_lr" not in k})
+    forward_backward(m2, tokens[:, :-1], tokens[:, 1:], None, 1.0)
+    embed_meta = dict(zip([n for n, _ in m.named_parameters()], want))["embed.weight"]
+    assert (m2.embed.weight.grad - embed_meta).abs().max() > 1e-6
+
+
+def test_meta_model_reads_with_its_learned_step_sizes():
+    m = model(lr=0.4, cms_meta=True)
+    with torch.no_grad():
+        for b in m.blocks:
+            b.cms.log_lr.fill_(torch.log(torch.tensor(0.2)))
+    m_fixed = model(lr=0.2)
+    m_fixed.load_state_dict({k: v for k, v in m.state_dict().items() if "log_lr" not in k})
+    tokens = torch.randint(0, 23, (2, 3 * SEG))
+    logits, state = m.read(tokens)
+    logits_fixed, state_fixed = m_fixed.read(tokens)
+    torch.testing.assert_close(logits, logits_fixed, rtol=0, atol=1e-6)    # float32 logits
+    assert not any(t.requires_grad for t in m.fast_weights(state))
+    for a, b in zip(m.fast_weights(state), m_fixed.fast_weights(state_fixed)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)    # through float32 logits
+    m_other = model(lr=0.4)                                    # another step size reads differently
+    m_other.load_state_dict(m_fixed.state_dict())
+    assert (m_other.read(tokens)[0] - logits).abs().max() > 1e-5
+
+
+def test_meta_needs_a_positive_start():
+    from hope.errors import HopeError
+
+    with pytest.raises(HopeError, match="cms_meta"):
+        model(lr=0.0, cms_meta=True)
+
+
+def test_full_gradient_reaches_the_first_segments_mixer_state():
+    """train.tbptt=false: the loss of the last segment alone reaches a Hope memory's meta-learned
+    initial state through the first segments (the default truncation cuts it off)."""
+    from hope.models import Hope, HopeConfig
+    from hope.models.common import forward_backward
+
+    torch.manual_seed(0)
+    cfg = HopeConfig(vocab_size=23, d_model=16, n_layers=1, n_heads=2, chunk_mem=2, chunk_proj=2,
+                     cms_periods=(None, SEG), cms_hidden=8, cms_lr=0.3)
+    m = Hope(cfg).double()
+    x = torch.randint(0, 23, (2, 3 * SEG))
+    y = torch.full_like(x, -100)
+    y[:, -SEG:] = torch.randint(0, 23, (2, SEG))                  # only the last segment is scored
+    W0 = m.blocks[0].mixer.memory.W
+    for truncate, reaches in ((True, False), (False, True)):
+        m.zero_grad()
+        forward_backward(m, x, y, None, 1.0, truncate=truncate)
+        got = W0.grad is not None and bool(W0.grad.abs().max() > 1e-12)
+        assert got == reaches, truncate
+
+
+def test_full_gradient_takes_the_same_cms_steps():
+    """The full-gradient path changes what the outer gradient sees, not the fast weights: its CMS
+    steps equal the truncated path's (both first-order)."""
+    from hope.models.common import forward_backward
+
+    m = model(lr=0.3)
+    tokens = torch.randint(0, 23, (2, 4 * SEG + 1))
+    _, s1 = forward_backward(m, tokens[:, :-1], tokens[:, 1:], None, 1.0, truncate=True)
+    g1 = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    _, s2 = forward_backward(m, tokens[:, :-1], tokens[:, 1:], None, 1.0, truncate=False)
+    for a, b in zip(m.fast_weights(s1), m.fast_weights(s2)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any((p.grad - g1[n]).abs().max() > 1e-9 for n, p in m.named_parameters() if n in g1)

@@ -184,6 +184,12 @@ def test_state_step_gradients_match_autograd(with_s):
     want = torch.autograd.grad((ref * w).sum(), inputs)
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *xs: state_step(xs[0].expand(B, H, Do, Di), *xs[1:]) if with_s
-                                    else state_step(xs[0].expand(B, H, Do, Di), xs[1], None, None, *xs[2:]),
-                                    inputs)
+    def f(*xs):
+        if with_s:
+            return state_step(xs[0].expand(B, H, Do, Di), *xs[1:])
+        return state_step(xs[0].expand(B, H, Do, Di), xs[1], None, None, *xs[2:])
+
+    assert torch.autograd.gradcheck(f, inputs)
+    # the hand-written backward is itself differentiable: the meta-learned CMS step (model.cms_meta)
+    # takes second-order gradients through it
+    assert torch.autograd.gradgradcheck(f, inputs)
