@@ -195,6 +195,13 @@ def test_classify_quick_smoke(tmp_path):
     r = res["runs"][0]
     assert r["R_acc"][0][1] is None and all(0 <= v <= 1 for v in r["R_acc"][1])
     assert (out / "pretrain" / "transformer-adamw" / "result.json").exists()
+    # --task-lr: the task stages at another learning rate, the pretrained model reused
+    assert main(["continual", "classify", *QUICK, "--sources", str(src), "--pretrain", general, "--archs", "transformer",
+                 "--methods", "seq", "--task-lr", "1e-4", "--out", str(out)]) == 2       # another setting, same --out
+    assert main(["continual", "classify", *QUICK, "--sources", str(src), "--pretrain", general, "--archs", "transformer",
+                 "--methods", "seq", "--task-lr", "1e-4", "--out", str(tmp_path / "out2")]) == 0
+    run = json.loads((tmp_path / "out2" / "runs" / "labelled-transformer-seq-adamw" / "config.json").read_text())
+    assert run["train"]["lr"] == 1e-4
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -32,6 +32,7 @@ from hope.continual.report import header, write_report
 from hope.continual.tasks import Task, build_tasks, label_name, load_source
 from hope.data.corpus import Corpus
 from hope.data.tokens import get_batch, prepare_tokens, val_windows
+from hope.config import apply_overrides
 from hope.errors import DivergedError, HopeError
 from hope.eval.adapter import Scorer
 from hope.recipes import get_recipe
@@ -84,9 +85,12 @@ def _rows_sampler(x: torch.Tensor, y: torch.Tensor):
 def continual_classify(out: Path, sources: list[str], archs: list[str] | None, methods: list[str] | None,
                        settings: Settings, n_tasks: int, classes_per_task: int, train_per_class: int,
                        test_per_class: int, pretrain: str, pretrain_steps: int, progress: bool = True,
-                       log=print, from_run: str | None = None) -> dict:
+                       log=print, from_run: str | None = None, task_lr: float | None = None) -> dict:
     """Pretrain every architecture once, then run every (source, architecture, method). `from_run`:
-    every run starts from that run folder's model, weights and tokenizer (no pretraining here)."""
+    every run starts from that run folder's model, weights and tokenizer (no pretraining here).
+    `task_lr`: the peak learning rate of the task stages (None: the recipe's, as in pretraining)."""
+    if task_lr is not None and not task_lr > 0:
+        raise HopeError(f"--task-lr must be > 0, got {task_lr}")
     start = None
     if from_run is not None:
         start, run_tokenizer, from_ckpt = load_from_run(from_run)
@@ -125,13 +129,15 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
         for s in sources:
             tasks = all_tasks[s]
             cfg = run_config(arch, method, settings, tokenizer.vocab_size, start)
+            if task_lr is not None:
+                cfg = apply_overrides(cfg, [f"train.lr={task_lr}"])
             tc = cfg.train
             name = f"{Path(s).name}-{run_name(arch, method, settings)}"
             run_dir = out / "runs" / name
             data = [training_rows(tokenizer, t, tc.seq_len) for t in tasks]
             extra = {"source": s, "tasks": [list(t.classes) for t in tasks], "pretrain": pretrain,
                      "pretrain_steps": pretrain_steps, "train_per_class": train_per_class,
-                     "test_per_class": test_per_class}
+                     "test_per_class": test_per_class, **({"task_lr": task_lr} if task_lr is not None else {})}
             result = prepare_run_dir(run_dir, cfg, settings, extra)
             if result is None:
                 log(f"{name}: {len(tasks)} tasks, {settings.steps} steps x {tc.batch_size} examples per task")
@@ -169,7 +175,7 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
                 "sources": [Path(s).name for s in sources], "classes_per_task": classes_per_task, "n_tasks": n_tasks,
                 "steps_per_task": settings.steps, "train_per_class": train_per_class,
                 "test_per_class": test_per_class, "pretrain": pretrain, "pretrain_steps": pretrain_steps,
-                "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}", "runs": runs})
+                "task_lr": task_lr if task_lr is not None else "recipe", "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}", "runs": runs})
             write_report(out, results, "acc", log)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results

@@ -83,7 +83,7 @@ def cmd_classify(args) -> int:
     _prepare_out(out, args.overwrite)
     continual_classify(out, sources, archs, methods, _settings(args, args.steps), args.tasks, args.classes_per_task,
                        args.train_per_class, args.test_per_class, args.pretrain, args.pretrain_steps,
-                       progress=not args.no_progress, from_run=args.from_run)
+                       progress=not args.no_progress, from_run=args.from_run, task_lr=args.task_lr)
     return 0
 
 
@@ -143,5 +143,7 @@ def register(sub) -> None:
     q.add_argument("--steps", type=int, default=None, help="optimizer steps per task (default 60)")
     q.add_argument("--pretrain", default="wiki", help="general corpus to pretrain on first (default wiki)")
     q.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default 300; 0: none)")
+    q.add_argument("--task-lr", type=float, default=None,
+                   help="peak learning rate of the task stages (default: the recipe's, as in pretraining)")
     _common(q)
     q.set_defaults(func=cmd_classify)
