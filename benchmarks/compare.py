@@ -112,21 +112,24 @@ def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) 
         model = build_model(saved.arch, saved.model)
     return {"arch": arch, "recipe": recipe_name(arch, size), "tokens": final["tokens"], "steps": final["step"],
             "val_loss": final["val_loss"], "val_ppl": final["val_ppl"], "val_bpb": final["val_bpb"],
+            "val_ppl_frozen": final.get("val_ppl_frozen"),
             "unigram_ppl": final.get("unigram_ppl"), "params": count_parameters(model)["total"],
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else float("nan"), "run": str(run)}
 
 
 def write_table(results: list[dict], out: Path) -> str:
     windows = sorted({int(w) for r in results for w in r.get("carried", {})})
-    lines = ["| model | recipe | params | tokens | val loss | val ppl | bits/byte | tokens/s |"
+    lines = ["| model | recipe | params | tokens | val loss | val ppl | val ppl, CMS frozen | bits/byte | tokens/s |"
              + "".join(f" carried ppl, window {w} |" for w in windows),
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(windows)]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(windows)]
     for r in sorted(results, key=lambda r: r.get("val_loss", float("inf"))):
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['recipe']} | | | {r['error']} | | | |")
+            lines.append(f"| {r['arch']} | {r['recipe']} | | | {r['error']} | | | | |")
             continue
         lines.append(f"| {r['arch']} | {r['recipe']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
-                     f"{r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['val_bpb']:.4f} | {r['tokens_per_s']:,.0f} |"
+                     f"{r['val_loss']:.4f} | {r['val_ppl']:.2f} | "
+                     + (f"{r['val_ppl_frozen']:.2f}" if r.get("val_ppl_frozen") is not None else "-")
+                     + f" | {r['val_bpb']:.4f} | {r['tokens_per_s']:,.0f} |"
                      + "".join(f" {_carried(r, w)} |" for w in windows))
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)

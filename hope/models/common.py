@@ -34,8 +34,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hope.layers.memory import MemoryBank
 from hope.layers.state import detach_state, tree_map
