@@ -2,9 +2,11 @@
 
     python benchmarks/continual_levels.py --suite benchmarks/results/continual/lm
     python benchmarks/continual_levels.py --suite benchmarks/results/continual/lm --runs hope-seq-adamw
+    python benchmarks/continual_levels.py --suite benchmarks/results/continual/lm --checkpoints runs/stage_ckpts
 
-For every run of a `hope continual lm` suite that still has its per-stage checkpoints
-(`RUN/checkpoints/step-000000i`, not committed), and for each stage:
+For every run of a `hope continual lm` suite that has a checkpoint of every stage (`hope.checkpoint`
+keeps the last two in `RUN/checkpoints/`, so `--checkpoints ROOT` reads copies kept as
+`ROOT/RUN/step-000000i`; they are not committed), and for each stage:
 
 * the outer movement of every role (embedding, mixers / attention, MLPs, each CMS level by period,
   norms): `||theta_i - theta_{i-1}|| / ||theta_{i-1}||` over the stage, and from the initialization
@@ -35,15 +37,18 @@ from hope.models import build_model
 from hope.recipes import get_recipe
 
 
-def stage_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
+def stage_checkpoints(run_dir: Path, root: Path | None = None) -> list[Path]:
+    where = root / run_dir.name if root is not None else run_dir / "checkpoints"
+    return sorted(p for p in where.glob("step-*") if p.is_dir())
 
 
-def analyse_run(run_dir: Path, val_rows: list[torch.Tensor] | None, window: int) -> dict:
+def analyse_run(run_dir: Path, val_rows: list[torch.Tensor] | None, window: int, root: Path | None = None) -> dict:
     cfg = Config.load(run_dir / "config.json")
-    ckpts = stage_checkpoints(run_dir)
-    if not ckpts:
-        raise HopeError(f"{run_dir} has no per-stage checkpoints (they are not committed; rerun the suite here)")
+    ckpts = stage_checkpoints(run_dir, root)
+    domains = json.loads((run_dir / "settings.json").read_text())["domains"]
+    if [int(p.name.split("-")[1]) for p in ckpts] != list(range(1, len(domains) + 1)):
+        raise HopeError(f"{run_dir.name}: need a checkpoint of every stage 1..{len(domains)}, found "
+                        f"{[p.name for p in ckpts]} (not committed; keep copies with --checkpoints)")
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.arch, cfg.model)
     periods = cms_periods(model)
@@ -55,7 +60,8 @@ def analyse_run(run_dir: Path, val_rows: list[torch.Tensor] | None, window: int)
         now = {k: v.detach().clone() for k, v in model.named_parameters()}
         row = {"stage": i + 1, "stage_drift": role_drift(prev, now, periods), "from_init": role_drift(init, now, periods)}
         if val_rows is not None:
-            moves = [context_movement(model, r, window) for r in val_rows]
+            limit = getattr(model, "max_seq_len", None) or 10 ** 9
+            moves = [context_movement(model, r[:, :limit], window) for r in val_rows]
             if moves and moves[0]:
                 row["in_context"] = {p: sum(m[p] for m in moves) / len(moves) for p in moves[0]}
         stages.append(row)
@@ -90,10 +96,14 @@ def main() -> None:
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: every run with checkpoints)")
     ap.add_argument("--rows", type=int, default=4, help="held-out streams read per domain")
     ap.add_argument("--read", type=int, default=512, help="tokens read per stream")
+    ap.add_argument("--checkpoints", default=None, help="ROOT holding ROOT/RUN/step-* copies of every stage")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     suite = Path(args.suite)
-    names = args.runs.split(",") if args.runs else [p.parent.parent.name for p in sorted(suite.glob("runs/*/checkpoints"))]
+    root = Path(args.checkpoints) if args.checkpoints else None
+    names = args.runs.split(",") if args.runs else (
+        sorted(p.name for p in root.iterdir() if p.is_dir()) if root else
+        [p.parent.name for p in sorted(suite.glob("runs/*/checkpoints"))])
     if not names:
         raise SystemExit(f"no run under {suite}/runs has checkpoints")
     record = json.loads((suite / "runs" / names[0] / "settings.json").read_text())
@@ -107,7 +117,7 @@ def main() -> None:
     results = []
     for name in names:
         print(f"{name} ...", flush=True)
-        results.append(analyse_run(suite / "runs" / name, val, window=base.train.seq_len))
+        results.append(analyse_run(suite / "runs" / name, val, window=base.train.seq_len, root=root))
     out = Path(args.out) if args.out else suite
     (out / "levels.json").write_text(json.dumps({"domains": domains, "rows": args.rows, "read": args.read,
                                                  "runs": results}, indent=2) + "\n")

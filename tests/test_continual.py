@@ -161,6 +161,11 @@ def test_lm_quick_smoke_and_resume(tmp_path, capsys):
     first = json.loads((out / "runs" / "transformer-seq-adamw" / "result.json").read_text())
     assert np.array(first["R_loss"]).shape == (2, 2) and len(first["baseline"]) == 2
     assert all(math.isfinite(v) for v in first["metrics"].values() if v is not None)
+    # how far each stage moved each role's weights
+    assert len(first["drift"]) == 2 and {"attention", "mlp", "embedding"} <= set(first["drift"][0])
+    assert all(d["mlp"] > 0 for d in first["drift"])
+    cms_roles = set(runs["hope_attention-seq-adamw"]["drift"][0])
+    assert "cms static" in cms_roles and any(r.startswith("cms period") for r in cms_roles)
     probe = runs["hope_attention-seq-adamw"]["inference_forgetting"]["modes"]
     # how far each learning level moved while reading, by period
     moved = probe["learn"]["moved_after_b"]

@@ -168,7 +168,8 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
                               "metrics": summary(R, higher_is_better=True),
                               "avg_acc_after_each": [float(np.nanmean(r[:i + 1])) for i, r in enumerate(R)],
                               "R_acc": [[None if np.isnan(v) else v for v in r] for r in R],
-                              "rows": done["rows"], "baseline": None, "curve": done["curve"]}
+                              "rows": done["rows"], "baseline": None, "curve": done["curve"],
+                              **({"drift": done["drift"]} if done.get("drift") else {})}
                 write_json(run_dir / "result.json", result)
             runs.append(result)
             results = header("classify", settings, {"git_commit": commit, 

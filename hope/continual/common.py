@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from hope.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
 from hope.config import Config, apply_overrides
+from hope.continual.levels import cms_periods, role_drift
 from hope.continual.methods import EWC, ReplayBuffer
 from hope.device import resolve_device
 from hope.errors import DivergedError, HopeError
@@ -194,7 +195,8 @@ def run_stages(run_dir: Path, cfg: Config, method: str, stages: list[Stage], eva
         init_from: a checkpoint folder whose weights start the run (a pretrained model).
     Returns:
         (the trained model, its progress: `rows` [stage][task] score dicts, `baseline`, `curve`
-        [{stage, step, tokens, scores}], `tokens`, `train_seconds`, `parameters`).
+        [{stage, step, tokens, scores}], `drift` [stage] {role: how far the stage moved its weights,
+        `hope.continual.levels.role_drift`}, `tokens`, `train_seconds`, `parameters`).
     """
     tc = cfg.train
     device = resolve_device(tc.device, "train.device")
@@ -228,8 +230,10 @@ def run_stages(run_dir: Path, cfg: Config, method: str, stages: list[Stage], eva
     B, T, steps = tc.batch_size, tc.seq_len, settings.steps
     stage_tc = replace(tc, steps=steps, warmup_steps=min(tc.warmup_steps, max(1, steps // 10)))
     points = sorted({max(1, round(steps * (k + 1) / settings.curve_points)) for k in range(settings.curve_points)})
+    periods = cms_periods(model)
     for i in range(done["stage"], len(stages)):
         stage = stages[i]
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
         bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, desc=f"{run_dir.name} {i + 1}/{len(stages)} {stage.name}",
                    mininterval=0.5, leave=False)
         model.train()
@@ -263,6 +267,8 @@ def run_stages(run_dir: Path, cfg: Config, method: str, stages: list[Stage], eva
                 model.train()
         bar.close()
         done["rows"].append(done["curve"][-1]["scores"])
+        done.setdefault("drift", []).append(role_drift(start, dict(model.named_parameters()), periods))
+        del start
         gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + i) * 65_537 + 999_983)
         if replay is not None:
             replay.add_stage(*stage.sample(gen, settings.replay_rows))

@@ -217,4 +217,5 @@ def _result(name, arch, method, settings, labels, done, tc) -> dict:
             "parameters": done["parameters"], "steps_per_stage": settings.steps, "batch_size": tc.batch_size,
             "seq_len": tc.seq_len, "tokens": done["tokens"], "train_seconds": round(done["train_seconds"], 1),
             "tokens_per_s": done["tokens"] / max(1e-9, done["train_seconds"]), "metrics": m,
-            "R_loss": R, "baseline": done.get("baseline"), "rows": done["rows"], "curve": done["curve"]}
+            "R_loss": R, "baseline": done.get("baseline"), "rows": done["rows"], "curve": done["curve"],
+            **({"drift": done["drift"]} if done.get("drift") else {})}
