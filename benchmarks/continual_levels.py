@@ -66,7 +66,7 @@ def analyse_run(run_dir: Path, val_rows: list[torch.Tensor] | None, window: int,
                 row["in_context"] = {p: sum(m[p] for m in moves) / len(moves) for p in moves[0]}
         stages.append(row)
         prev = now
-    return {"run": run_dir.name, "arch": cfg.arch, "periods": [list(p) for p in periods.values()][:1], "stages": stages}
+    return {"run": run_dir.name, "arch": cfg.arch, "periods": list(periods.get(0, ())), "stages": stages}
 
 
 def markdown(results: list[dict], domains: list[str]) -> str:

@@ -88,10 +88,7 @@ class TrainConfig:
             raise HopeError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise HopeError(f"train.parallel must be ddp or fsdp; got {self.parallel!r}")
-        groups = self.trainable_groups
-        if groups is not None and (not all(groups) or any(g not in TRAINABLE for g in groups)):
-            raise HopeError(f"train.trainable must be all or a comma-separated subset of {','.join(TRAINABLE)}; "
-                            f"got {self.trainable!r}")
+        parse_groups(self.trainable, "train.trainable")
         from hope.optim import OPTIMIZER_NAMES
 
         if self.optimizer not in OPTIMIZER_NAMES:
@@ -101,13 +98,24 @@ class TrainConfig:
     @property
     def trainable_groups(self) -> set[str] | None:
         """The groups `trainable` names (None: all parameters)."""
-        return None if self.trainable == "all" else {g.strip() for g in self.trainable.split(",")}
+        return parse_groups(self.trainable, "train.trainable")
 
 
 # `train.trainable` groups, by where a parameter sits (`trainable_group`): the channel mixers (CMS levels
 # with their norms and mixing weights; Transformer++'s MLP), the sequence mixers (attention, Titans
 # memories), the other norms, and the token embedding with the LM head
 TRAINABLE = ("cms", "mixer", "norm", "embed")
+
+
+def parse_groups(value: str, what: str) -> set[str] | None:
+    """`all` -> None, or the `TRAINABLE` groups of a comma-separated list; an unknown or empty name is
+    an error naming `what`."""
+    if value == "all":
+        return None
+    groups = {g.strip() for g in value.split(",")}
+    if not all(groups) or any(g not in TRAINABLE for g in groups):
+        raise HopeError(f"{what} must be all or a comma-separated subset of {','.join(TRAINABLE)}; got {value!r}")
+    return groups
 
 
 def trainable_group(name: str) -> str:

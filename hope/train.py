@@ -373,6 +373,7 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
         return contextlib.nullcontext()
 
     windows = val_windows(tokens["val"], tc.seq_len, tc.eval_tokens)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes)
     learns = getattr(raw_model, "cms_segment", None) is not None and not fsdp
 
     def validate() -> dict:
@@ -384,7 +385,6 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
         learning = evaluate(raw_model, windows, token_bytes, tc.batch_size, device, autocast, fresh_state, learn=True)
         return {**learning, **{f"{k}_frozen": v for k, v in frozen.items()}}
 
-    token_bytes = torch.from_numpy(tokenizer.token_bytes)
     metrics_path = out / "metrics.jsonl"
     metrics_file = open(metrics_path, "a") if master else open(os.devnull, "w")
     last_val: dict = {}

@@ -69,7 +69,6 @@ def role_drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
     return {r: (diff[r] / base[r]) ** 0.5 if base[r] > 0 else float("nan") for r in sorted(diff)}
 
 
-@torch.no_grad()
 def context_movement(model, rows: torch.Tensor, window: int) -> dict:
     """Read `rows` [B, L] `window` tokens at a time with the CMS learning (no outer optimizer);
     per period, the mean over layers of ||fast weights - trained weights|| / ||trained weights||

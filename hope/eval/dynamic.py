@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from hope.config import TRAINABLE, trainable_group
+from hope.config import parse_groups, trainable_group
 from hope.errors import HopeError
 from hope.eval.scoring import _nll
 
@@ -30,12 +30,9 @@ def chosen_parameters(model, params: str) -> list[torch.nn.Parameter]:
     """`all`, or a comma-separated subset of `hope.config.TRAINABLE` (`cms`: the CMS levels /
     Transformer++'s MLPs; `mixer`, `norm`, `embed`)."""
     named = list(model.named_parameters())
-    if params == "all":
+    groups = parse_groups(params, "dynamic evaluation parameters")
+    if groups is None:
         return [p for _, p in named]
-    groups = {g.strip() for g in params.split(",")}
-    if not groups or any(g not in TRAINABLE for g in groups):
-        raise HopeError(f"dynamic evaluation parameters must be all or a comma-separated subset of "
-                        f"{','.join(TRAINABLE)}; got {params!r}")
     chosen = [p for n, p in named if trainable_group(n) in groups]
     if not chosen:
         raise HopeError(f"the model has no parameters in {params!r}")
@@ -54,7 +51,7 @@ def dynamic_nll(model, ids: torch.Tensor, window: int, lr: float, params: str = 
     device = next(model.parameters()).device
     chosen = chosen_parameters(model, params)
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start = [p.detach().clone() for p in chosen]
+    start = [p.detach().clone() for p in chosen] if decay else [None] * len(chosen)  # decay's anchor
     flags = [p.requires_grad for p in model.parameters()]
     ids_set = {id(p) for p in chosen}
     for p in model.parameters():

@@ -168,8 +168,7 @@ class CMS(nn.Module):
         for i, period in enumerate(self.periods):
             if due[i]:
                 d, a = deltas[i], accs[i]
-                lr = sizes[i] if graph or not torch.is_tensor(sizes[i]) else sizes[i].detach()
-                deltas[i] = {k: (1 - self.decay) * d[k] - (lr / period) * a[k] for k in d}
+                deltas[i] = {k: (1 - self.decay) * d[k] - (sizes[i] / period) * a[k] for k in d}
                 accs[i] = None
         if self.variant == "nested":
             # after the steps, level i+1 restarts from level i's weights at the end of each of level i's

@@ -274,18 +274,13 @@ def _whole_sequence(model, raw, x, y, state, fresh: bool, loss_norm: float, auto
     if not fresh:
         state = detach_state(state)
     # second order differentiates the backward itself; CPU flash attention has no double backward
-    kernels = sdpa_kernel([SDPBackend.MATH]) if meta else contextlib.nullcontext()
-    with kernels:
-        return _unrolled(model, raw, x, y, state, meta, seg, loss_norm, autocast, truncate)
-
-
-def _unrolled(model, raw, x, y, state, meta: bool, seg: int, loss_norm: float, autocast, truncate: bool):
+    kernels = (lambda: sdpa_kernel([SDPBackend.MATH])) if meta else contextlib.nullcontext
     total, T, a = None, x.shape[1], 0
     while a < T:
         b = min(T, a + seg - state["pos"] % seg)
         state = raw.renew_fast_weights(state, graph=meta)
         leaves = raw.fast_weights(state)
-        with autocast():
+        with autocast(), kernels():
             logits, state = model(x[:, a:b], state)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y[:, a:b].flatten(), reduction="sum")
         scored = bool((y[:, a:b] != -100).any())
