@@ -15,6 +15,38 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+
+def _tune_malloc() -> None:
+    """Keep freed memory in the heap instead of returning it to the system (glibc only).
+
+    A training step of a memory layer allocates and frees hundreds of state-sized tensors (a few MB
+    each). By default glibc serves each from fresh pages (mmap, or a trimmed heap top), so every one
+    is paid again in page faults: at `hope_tiny` about 150K minor faults per step. A fixed mmap
+    threshold of 32 MiB and a high trim threshold make those tensors reuse the heap (fewer faults
+    and system time, faster steps; figures in docs/DEVIATIONS.md). The process keeps up to the trim
+    threshold of freed memory for reuse. Skipped when the user set any `MALLOC_*` variable or
+    `HOPE_MALLOC_TUNING=0`, and off glibc.
+    """
+    if _sys.platform != "linux" or _os.environ.get("HOPE_MALLOC_TUNING", "1") == "0":
+        return
+    if any(k.startswith("MALLOC_") for k in _os.environ) or "glibc.malloc" in _os.environ.get("GLIBC_TUNABLES", ""):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    mallopt(M_TOP_PAD, 64 << 20)
+
+
+_tune_malloc()
+
 __version__ = "0.1.0"
 
 

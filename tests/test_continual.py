@@ -200,6 +200,11 @@ def test_classify_quick_smoke(tmp_path):
     r = res["runs"][0]
     assert r["R_acc"][0][1] is None and all(0 <= v <= 1 for v in r["R_acc"][1])
     assert (out / "pretrain" / "transformer-adamw" / "result.json").exists()
+    # a call running another subset into the same folder reports the whole suite so far
+    assert main(["continual", "classify", *QUICK, "--sources", str(src), "--pretrain", general, "--archs", "transformer",
+                 "--methods", "joint", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["runs"]] == ["seq", "replay", "joint"]
     # --task-lr: the task stages at another learning rate, the pretrained model reused
     assert main(["continual", "classify", *QUICK, "--sources", str(src), "--pretrain", general, "--archs", "transformer",
                  "--methods", "seq", "--task-lr", "1e-4", "--out", str(out)]) == 2       # another setting, same --out

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hope.checkpoint import latest_checkpoint
-from hope.continual.common import (Settings, Stage, from_run_archs, load_from_run, plan, prepare_run_dir, recipe_name,
+from hope.continual.common import (Settings, Stage, all_finished_runs, from_run_archs, load_from_run, plan, prepare_run_dir, recipe_name,
                                    run_config, run_name, run_stages, write_json)
 from hope.continual.lm import load_domain, shared_tokenizer
 from hope.continual.metrics import summary
@@ -117,6 +117,10 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
         tokenizer = run_tokenizer
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    extras = {s: {"source": s, "tasks": [list(t.classes) for t in all_tasks[s]], "pretrain": pretrain,
+                  "pretrain_steps": pretrain_steps, "train_per_class": train_per_class,
+                  "test_per_class": test_per_class, **({"task_lr": task_lr} if task_lr is not None else {})}
+              for s in sources}
     for s in sources:
         tasks = all_tasks[s]
         log(f"{s}: " + "; ".join(f"task {i + 1}: {', '.join(t.classes)}" for i, t in enumerate(tasks)))
@@ -135,9 +139,7 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
             name = f"{Path(s).name}-{run_name(arch, method, settings)}"
             run_dir = out / "runs" / name
             data = [training_rows(tokenizer, t, tc.seq_len) for t in tasks]
-            extra = {"source": s, "tasks": [list(t.classes) for t in tasks], "pretrain": pretrain,
-                     "pretrain_steps": pretrain_steps, "train_per_class": train_per_class,
-                     "test_per_class": test_per_class, **({"task_lr": task_lr} if task_lr is not None else {})}
+            extra = extras[s]
             result = prepare_run_dir(run_dir, cfg, settings, extra)
             if result is None:
                 log(f"{name}: {len(tasks)} tasks, {settings.steps} steps x {tc.batch_size} examples per task")
@@ -176,7 +178,8 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
                 "sources": [Path(s).name for s in sources], "classes_per_task": classes_per_task, "n_tasks": n_tasks,
                 "steps_per_task": settings.steps, "train_per_class": train_per_class,
                 "test_per_class": test_per_class, "pretrain": pretrain, "pretrain_steps": pretrain_steps,
-                "task_lr": task_lr if task_lr is not None else "recipe", "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}", "runs": runs})
+                "task_lr": task_lr if task_lr is not None else "recipe", "tokenizer": f"{tokenizer.kind} {tokenizer.vocab_size}",
+                "runs": all_finished_runs(out, runs, settings, list(extras.values()))})
             write_report(out, results, "acc", log)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results

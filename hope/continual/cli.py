@@ -3,7 +3,8 @@
     hope continual lm [--archs transformer,hope] [--methods seq,replay,ewc,joint,static_cms]
                       [--domains shakespeare,wiki,bible,pydocs] [--optimizer adamw] [--tokens-per-stage 250000]
                       [--out runs/continual/lm] [--quick]
-    hope continual classify [--sources fortunes,kerneldoc] [--pretrain wiki --pretrain-steps 300] [--quick]
+    hope continual classify [--sources fortunes,kerneldoc] [--pretrain wiki --pretrain-steps 300]
+                            [--steps 40] [--task-lr 1e-3] [--seq-len 64] [--quick]
 
 Every (architecture, method) run is resumable after each stage: the same command continues a
 stopped suite. `--quick` runs debug-sized models on a few thousand tokens per stage (CI smoke).
@@ -19,7 +20,7 @@ from hope.errors import HopeError
 # (full, quick) defaults of the options left unset
 LM_DEFAULTS = {"size": ("tiny", "debug"), "tokens_per_stage": (250_000, 3072), "eval_tokens": (16384, 1024),
                "replay_rows": (512, 16), "fisher_rows": (64, 4), "curve_points": (2, 1)}
-CLASSIFY_DEFAULTS = {"size": ("tiny", "debug"), "steps": (60, 6), "tasks": (5, 2), "classes_per_task": (2, 2),
+CLASSIFY_DEFAULTS = {"size": ("tiny", "debug"), "steps": (40, 6), "task_lr": (1e-3, 1e-3), "seq_len": (64, 0), "tasks": (5, 2), "classes_per_task": (2, 2),
                      "train_per_class": (150, 8), "test_per_class": (20, 4), "pretrain_steps": (300, 4),
                      "replay_rows": (128, 8), "fisher_rows": (64, 4)}
 
@@ -79,6 +80,10 @@ def cmd_classify(args) -> int:
     _fill(args, CLASSIFY_DEFAULTS)
     archs, methods = _lists(args)
     sources = [s.strip() for s in (args.sources or ",".join(SOURCES)).split(",") if s.strip()]
+    if args.seq_len:  # pretraining and tasks alike (0: the recipe's, as --quick does)
+        if args.seq_len < 8:
+            raise HopeError(f"--seq-len must be >= 8, got {args.seq_len}")
+        args.set = [f"train.seq_len={args.seq_len}"] + list(args.set or [])
     out = Path(args.out or ("runs/continual/classify-quick" if args.quick else "runs/continual/classify"))
     _prepare_out(out, args.overwrite)
     continual_classify(out, sources, archs, methods, _settings(args, args.steps), args.tasks, args.classes_per_task,
@@ -140,10 +145,13 @@ def register(sub) -> None:
     q.add_argument("--classes-per-task", type=int, default=None, help="default 2")
     q.add_argument("--train-per-class", type=int, default=None, help="training items per class (default 150)")
     q.add_argument("--test-per-class", type=int, default=None, help="held-out items per class (default 20)")
-    q.add_argument("--steps", type=int, default=None, help="optimizer steps per task (default 60)")
+    q.add_argument("--steps", type=int, default=None, help="optimizer steps per task (default 40)")
+    q.add_argument("--seq-len", type=int, default=None,
+                   help="training sequence length, pretraining included; an example's text is cut to fit it "
+                        "(default 64; 0: the recipe's)")
     q.add_argument("--pretrain", default="wiki", help="general corpus to pretrain on first (default wiki)")
     q.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default 300; 0: none)")
     q.add_argument("--task-lr", type=float, default=None,
-                   help="peak learning rate of the task stages (default: the recipe's, as in pretraining)")
+                   help="peak learning rate of the task stages (default 1e-3; pretraining keeps the recipe's)")
     _common(q)
     q.set_defaults(func=cmd_classify)

@@ -308,16 +308,18 @@ def prepare_run_dir(run_dir: Path, cfg: Config, settings: Settings, extra: dict)
     return None
 
 
-def all_finished_runs(out: Path, runs: list[dict], settings: Settings, extra: dict) -> list[dict]:
+def all_finished_runs(out: Path, runs: list[dict], settings: Settings, extra: dict | list[dict]) -> list[dict]:
     """`runs` (this call's) and every other finished run under `out/runs` made with the same
-    settings, so that a call running a subset (one architecture, one method) reports the whole
-    suite so far; ordered by architecture, then method."""
-    record = json.loads(json.dumps({"settings": asdict(settings), **extra}))
+    settings (and one of the `extra` records, when a list), so that a call running a subset (one
+    architecture, one method, one source) reports the whole suite so far; ordered by architecture,
+    then method."""
+    records = [json.loads(json.dumps({"settings": asdict(settings), **e}))
+               for e in (extra if isinstance(extra, list) else [extra])]
     have = {r["name"] for r in runs}
     merged = list(runs)
     for path in sorted((out / "runs").glob("*/result.json")):
         sp = path.parent / "settings.json"
-        if path.parent.name in have or not sp.exists() or json.loads(sp.read_text()) != record:
+        if path.parent.name in have or not sp.exists() or json.loads(sp.read_text()) not in records:
             continue
         merged.append(json.loads(path.read_text()))
 
