@@ -20,7 +20,7 @@ from hope.errors import HopeError
 # (full, quick) defaults of the options left unset
 LM_DEFAULTS = {"size": ("tiny", "debug"), "tokens_per_stage": (250_000, 3072), "eval_tokens": (16384, 1024),
                "replay_rows": (512, 16), "fisher_rows": (64, 4), "curve_points": (2, 1)}
-CLASSIFY_DEFAULTS = {"size": ("tiny", "debug"), "steps": (40, 6), "task_lr": (1e-3, 1e-3), "seq_len": (64, 0), "tasks": (5, 2), "classes_per_task": (2, 2),
+CLASSIFY_DEFAULTS = {"size": ("tiny", "debug"), "steps": (100, 6), "task_lr": (1e-3, 1e-3), "seq_len": (64, 0), "tasks": (5, 2), "classes_per_task": (2, 2),
                      "train_per_class": (150, 8), "test_per_class": (20, 4), "pretrain_steps": (300, 4),
                      "replay_rows": (128, 8), "fisher_rows": (64, 4)}
 
@@ -145,7 +145,7 @@ def register(sub) -> None:
     q.add_argument("--classes-per-task", type=int, default=None, help="default 2")
     q.add_argument("--train-per-class", type=int, default=None, help="training items per class (default 150)")
     q.add_argument("--test-per-class", type=int, default=None, help="held-out items per class (default 20)")
-    q.add_argument("--steps", type=int, default=None, help="optimizer steps per task (default 40)")
+    q.add_argument("--steps", type=int, default=None, help="optimizer steps per task (default 100)")
     q.add_argument("--seq-len", type=int, default=None,
                    help="training sequence length, pretraining included; an example's text is cut to fit it "
                         "(default 64; 0: the recipe's)")
