@@ -16,15 +16,14 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-
 def _tune_malloc() -> None:
     """Keep freed memory in the heap instead of returning it to the system (glibc only).
 
     A training step of a memory layer allocates and frees hundreds of state-sized tensors (a few MB
     each). By default glibc serves each from fresh pages (mmap, or a trimmed heap top), so every one
-    is paid again in page faults: at `hope_tiny` about 150K minor faults per step. A fixed mmap
-    threshold of 32 MiB and a high trim threshold make those tensors reuse the heap (fewer faults
-    and system time, faster steps; figures in docs/DEVIATIONS.md). The process keeps up to the trim
+    is paid again in page faults: at `hope_tiny` (16 x 128) about 167K minor faults per step. A fixed
+    mmap threshold of 32 MiB and a high trim threshold make those tensors reuse the heap (about 30K
+    faults, less system time; `benchmarks/page_faults.py`, figures in docs/DEVIATIONS.md). The process keeps up to the trim
     threshold of freed memory for reuse. Skipped when the user set any `MALLOC_*` variable or
     `HOPE_MALLOC_TUNING=0`, and off glibc.
     """

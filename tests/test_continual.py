@@ -200,6 +200,7 @@ def test_classify_quick_smoke(tmp_path):
     r = res["runs"][0]
     assert r["R_acc"][0][1] is None and all(0 <= v <= 1 for v in r["R_acc"][1])
     assert (out / "pretrain" / "transformer-adamw" / "result.json").exists()
+    assert (out / "tokenizer.json").exists()  # the suite's tokenizer, checked by every later call
     # a call running another subset into the same folder reports the whole suite so far
     assert main(["continual", "classify", *QUICK, "--sources", str(src), "--pretrain", general, "--archs", "transformer",
                  "--methods", "joint", "--out", str(out)]) == 0
@@ -306,3 +307,22 @@ def test_parameter_roles_and_role_drift():
     assert all(v > 0 for v in moves.values())
     static = build_model(cfg.arch, replace(cfg.model, cms_periods=(None,) * len(cfg.model.cms_periods)))
     assert context_movement(static, rows, window=8) == {}
+
+
+def test_classify_suite_keeps_one_tokenizer(tmp_path):
+    """A suite folder keeps the tokenizer of its first call (trained on the task texts of its
+    sources); a call that builds another one is refused, so pretrained checkpoints never continue
+    with another vocabulary."""
+    from hope.continual.classify import _check_tokenizer
+
+    class Tok:
+        def __init__(self, text):
+            self.text = text
+
+        def to_json(self):
+            return self.text
+
+    _check_tokenizer(tmp_path, Tok('{"vocab": 1}'))
+    _check_tokenizer(tmp_path, Tok('{"vocab": 1}'))
+    with pytest.raises(HopeError, match="another tokenizer"):
+        _check_tokenizer(tmp_path, Tok('{"vocab": 2}'))

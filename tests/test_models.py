@@ -146,3 +146,27 @@ def test_training_step_reaches_meta_learned_memory_states(arch):
     assert states
     for n, p in states.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{n} gets no gradient"
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_initialization_by_role(arch):
+    """Every model draws its weights by role (hope.layers.init): Linear and Embedding weights
+    Normal(0, std); the residual outputs (attention / mixer output projections, every MLP and CMS
+    level) Normal(0, std / sqrt(2 n_layers)) whatever their number per block; gates keep their biases."""
+    from hope.layers.init import is_residual_output
+
+    cfg = small_config(arch, d_model=64, n_heads=4, **({"cms_hidden": 64} if arch.startswith("hope") else {}))
+    torch.manual_seed(0)
+    model = MODELS[arch](cfg)
+    res = [m for m in model.modules() if is_residual_output(m)]
+    per_block = {"transformer": 2, "titans": 2, "hope_attention": 4, "hope": 4}[arch]
+    assert len(res) == per_block * cfg.n_layers
+    want = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    for m in res:
+        assert abs(float(m.weight.detach().std()) - want) < 0.1 * want
+    others = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not is_residual_output(m)
+              and m.weight.numel() >= 1024]
+    assert others and all(abs(float(m.weight.detach().std()) - cfg.init_std) < 0.1 * cfg.init_std for m in others)
+    if arch in ("titans", "hope"):  # gate biases untouched by the weight init
+        b = model.blocks[0].mixer.b_eta if arch == "hope" else model.blocks[0].mixer.W_eta.bias
+        assert float(b.detach().abs().min()) > 0.5

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hope.checkpoint import latest_checkpoint
+from hope.checkpoint import atomic_write_text, latest_checkpoint
 from hope.continual.common import (Settings, Stage, all_finished_runs, from_run_archs, load_from_run, plan, prepare_run_dir, recipe_name,
                                    run_config, run_name, run_stages, write_json)
 from hope.continual.lm import load_domain, shared_tokenizer
@@ -108,7 +108,7 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
     if start is None:
         general = [load_domain(pretrain)]
         base = get_recipe(recipe_name("transformer", settings.size))
-        task_texts = [it.text for ts in all_tasks.values() for t in ts for it in t.train]
+        task_texts = [it.text for s in sorted(all_tasks) for t in all_tasks[s] for it in t.train]  # any order of --sources
         digest = hashlib.sha256("\n".join(task_texts).encode()).hexdigest()[:16]
         tokenizer = shared_tokenizer(base.data.tokenizer, [general[0], Corpus("tasks", task_texts, [], digest)],
                                      base.data.vocab_size)
@@ -116,6 +116,7 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
     else:
         tokenizer = run_tokenizer
     out.mkdir(parents=True, exist_ok=True)
+    _check_tokenizer(out, tokenizer)
     runs = []
     extras = {s: {"source": s, "tasks": [list(t.classes) for t in all_tasks[s]], "pretrain": pretrain,
                   "pretrain_steps": pretrain_steps, "train_per_class": train_per_class,
@@ -183,6 +184,19 @@ def continual_classify(out: Path, sources: list[str], archs: list[str] | None, m
             write_report(out, results, "acc", log)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results
+
+
+def _check_tokenizer(out: Path, tokenizer) -> None:
+    """Keep the suite's tokenizer in `out/tokenizer.json` and refuse a call that would use another:
+    the tokenizer is trained on the task texts of the sources in the call, and the pretrained models
+    and runs of a suite folder must all read the same token ids (a call with other `--sources` into
+    the same folder would otherwise continue their checkpoints with another vocabulary)."""
+    path, text = out / "tokenizer.json", tokenizer.to_json()
+    if not path.exists():
+        atomic_write_text(path, text)
+    elif path.read_text() != text:
+        raise HopeError(f"{out} holds a suite made with another tokenizer (built from the task texts of the "
+                        f"sources of its first call: the same --sources, in any order, or use another --out)")
 
 
 def _pretrained(out: Path, arch: str, cfg, settings: Settings, tokens: dict, tokenizer, corpus: str, steps: int,

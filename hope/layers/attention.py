@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope.errors import HopeError
+from hope.layers.init import residual_output
 
 
 def rope_tables(max_len: int, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +48,7 @@ class Attention(nn.Module):
             raise HopeError(f"model.n_kv_heads={n_kv_heads} must divide model.n_heads={n_heads}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
-        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.proj = residual_output(nn.Linear(d_model, d_model, bias=False))
 
     def forward(self, x, cos, sin, past_k=None, past_v=None):
         """x: [B, n, d]; cos, sin: [n, D/2] at the new tokens' positions. Returns y and the full k, v."""

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope.errors import HopeError
+from hope.layers.init import residual_output
 
 VARIANTS = ("sequential", "nested", "independent")
 
@@ -46,7 +47,7 @@ class CMSLevel(nn.Module):
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
         self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.down = residual_output(nn.Linear(hidden, d_model, bias=False))
 
     def forward(self, x: torch.Tensor, delta: dict | None = None) -> torch.Tensor:
         if delta is None:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope.layers.conv import CausalConv1d
+from hope.layers.init import residual_output
 from hope.layers.memory import MemoryBank, chunk_ranges
 from hope.ops.rule import InnerRule
 
@@ -135,7 +136,7 @@ class SelfModifyingTitans(nn.Module):
             nn.init.constant_(self.W_beta.bias, beta_bias)
         self.norm_weight = nn.Parameter(torch.ones(H, D))
         self.W_g = nn.Linear(d_model, d_model, bias=False)
-        self.W_o = nn.Linear(d_model, d_model, bias=False)
+        self.W_o = residual_output(nn.Linear(d_model, d_model, bias=False))
 
     def init_state(self, batch_size: int) -> dict:
         """{"proj": op state, projection memories stacked on heads [B, P*H, ...] in `proj_names`

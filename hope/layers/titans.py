@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope.layers.conv import CausalConv1d
+from hope.layers.init import residual_output
 from hope.layers.memory import MemoryBank
 from hope.ops.rule import InnerRule
 
@@ -66,7 +67,7 @@ class TitansMixer(nn.Module):
                                  impl=impl)
         self.norm_weight = nn.Parameter(torch.ones(n_heads, self.head_dim))
         self.W_g = nn.Linear(d_model, d_model, bias=False)
-        self.W_o = nn.Linear(d_model, d_model, bias=False)
+        self.W_o = residual_output(nn.Linear(d_model, d_model, bias=False))
 
     def init_state(self, batch_size: int) -> dict:
         """{"mem": op state [B, H, ...] from the meta-learned init, "conv": {k, v, q: [B, K-1, d]}, "t": 0}."""

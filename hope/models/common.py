@@ -30,13 +30,13 @@ For models without a learning CMS it is one plain forward and backward.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hope.layers.init import init_weights
 from hope.layers.memory import MemoryBank
 from hope.layers.state import detach_state, tree_map
 
@@ -74,17 +74,11 @@ class CMSLanguageModel(nn.Module):
         self._init_linear(cfg.init_std, cfg.n_layers)
 
     def _init_linear(self, std: float, n_layers: int) -> None:
-        """Normal(0, std) for the embedding and the Linear layers of the CMS and of mixers that do not
-        initialize themselves (`own_init = True` on the Titans mixers: their gates and memory states
-        need their own scales); residual output projections shrink with depth (GPT-2)."""
-        nn.init.normal_(self.embed.weight, std=std)
-        for block in self.blocks:
-            parts = [block.cms] if getattr(block.mixer, "own_init", False) else [block.cms, block.mixer]
-            for part in parts:
-                for name, mod in part.named_modules():
-                    if isinstance(mod, nn.Linear):
-                        out_proj = name.endswith(("down", "proj"))
-                        nn.init.normal_(mod.weight, std=std / math.sqrt(2 * n_layers) if out_proj else std)
+        """Embedding and Linear weights by role (`hope.layers.init`, the same for every model): Normal(0,
+        std), residual output projections (attention, mixers' `W_o`, every CMS level and MLP) Normal(0,
+        std / sqrt(2 n_layers)). Gate biases and memory initial states
+        keep the mixers' own initialization."""
+        init_weights(self, std, n_layers)
 
     @property
     def max_seq_len(self):

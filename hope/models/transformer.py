@@ -20,6 +20,7 @@ from torch import nn
 from hope.config import check_model_shape
 from hope.errors import HopeError
 from hope.layers.attention import Attention, apply_rope, rope_tables  # noqa: F401  (re-exported)
+from hope.layers.init import init_weights, residual_output
 
 
 @dataclass
@@ -78,7 +79,7 @@ class SwiGLU(nn.Module):
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
         self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.down = residual_output(nn.Linear(hidden, d_model, bias=False))
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -124,12 +125,9 @@ class Transformer(nn.Module):
         return self.config.max_seq_len
 
     def reset_parameters(self) -> None:
-        std = self.config.init_std
-        for name, p in self.named_parameters():
-            if p.ndim == 2:
-                # residual projections shrink with depth (GPT-2 / nanoGPT)
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("proj.weight", "down.weight")) else 1.0
-                nn.init.normal_(p, std=std * scale)
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers)
+        (`hope.layers.init`, the same for every model)."""
+        init_weights(self, self.config.init_std, self.config.n_layers)
 
     def init_state(self, batch_size: int) -> KVCache:
         n = self.config.n_layers
