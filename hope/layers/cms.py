@@ -23,7 +23,10 @@ step sizes and flows through the fast weights into earlier segments (second orde
 
 Variants (SPEC 4.3): `sequential` (the chain, default), `nested` (when level l steps, level l+1 is
 re-initialized to level l's current weights), `independent` (levels read the same input in
-parallel; outputs mixed by learned softmax weights).
+parallel; outputs mixed by learned softmax weights), and ours, `parallel` (levels read the same
+input, each through its own norm, and their outputs are summed: with static levels this is exactly
+one SwiGLU whose hidden units are the levels' side by side, so a learning parallel CMS differs from
+the plain MLP it replaces only by what its levels learn in context; docs/DEVIATIONS.md).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import nn
 from hope.errors import HopeError
 from hope.layers.init import residual_output
 
-VARIANTS = ("sequential", "nested", "independent")
+VARIANTS = ("sequential", "nested", "independent", "parallel")
 
 
 class CMSLevel(nn.Module):
@@ -70,7 +73,7 @@ class CMS(nn.Module):
         d_model: width of the residual stream.
         hidden: SwiGLU hidden width of every level.
         periods: one entry per level, slowest first: a period in tokens, or None for a static level.
-        variant: "sequential", "nested" or "independent".
+        variant: "sequential", "nested", "independent" or "parallel".
         lr: fast-weight learning rate (per-token mean gradient, see module docstring).
         decay: retention of fast weights towards the meta-learned weights, per update (0: none).
         meta: a learned step size per learning level (`log_lr`, initialized to `log(lr)`; training
@@ -136,6 +139,8 @@ class CMS(nn.Module):
             weights = torch.softmax(self.mix, 0)
             out = sum(w * lvl(norm(x), d) for w, lvl, norm, d in zip(weights, self.levels, self.norms, deltas))
             x = x + out
+        elif self.variant == "parallel":
+            x = x + sum(lvl(norm(x), d) for lvl, norm, d in zip(self.levels, self.norms, deltas))
         else:
             for lvl, norm, d in zip(self.levels, self.norms, deltas):
                 x = x + lvl(norm(x), d)

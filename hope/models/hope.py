@@ -58,7 +58,7 @@ class HopeConfig:
     anchor: bool = False  # linear memories: retention decays W - W0 (toward the meta-learned init), not W
     cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
     cms_hidden: int = 144  # SwiGLU width of every CMS level
-    cms_variant: str = "sequential"  # sequential | nested | independent
+    cms_variant: str = "parallel"  # parallel | sequential | nested | independent (docs/DEVIATIONS.md)
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
     cms_decay: float = 0.0
     cms_meta: bool = False  # learned CMS step sizes, the update inside the training graph (second order)
@@ -67,8 +67,9 @@ class HopeConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
 
-    # the defaults before issue 14, for configs written without a format (hope.config.Config.from_dict)
-    FORMAT1_DEFAULTS: ClassVar[dict] = {"memory": "mlp", "self_target": True}
+    # the defaults before issue 14 (and the CMS variant before issue 13), for configs written without a
+    # format (hope.config.Config.from_dict)
+    FORMAT1_DEFAULTS: ClassVar[dict] = {"memory": "mlp", "self_target": True, "cms_variant": "sequential"}
 
     def rules(self) -> tuple[InnerRule, InnerRule]:
         """(main memory's, projection memories') inner rules, from the flat fields above."""

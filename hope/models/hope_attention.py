@@ -5,6 +5,7 @@ System as the channel mixer. The attention's KV cache and the CMS fast weights f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hope.config import check_model_shape
 from hope.errors import HopeError
@@ -24,7 +25,7 @@ class HopeAttentionConfig:
     rope_theta: float = 10000.0
     cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
     cms_hidden: int = 176  # SwiGLU width of every CMS level
-    cms_variant: str = "sequential"  # sequential | nested | independent
+    cms_variant: str = "parallel"  # parallel | sequential | nested | independent (docs/DEVIATIONS.md)
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
     cms_decay: float = 0.0  # pull of the fast weights towards the meta-learned ones, per update
     cms_meta: bool = False  # learned CMS step sizes, the update inside the training graph (second order)
@@ -32,6 +33,9 @@ class HopeAttentionConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
+
+    # the CMS variant before issue 13, for configs written without a format (hope.config.Config.from_dict)
+    FORMAT1_DEFAULTS: ClassVar[dict] = {"cms_variant": "sequential"}
 
     def __post_init__(self) -> None:
         check_model_shape(self, "max_seq_len")

@@ -96,7 +96,7 @@ def test_token_by_token_generation_equals_full_forward():
     torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("variant", ["sequential", "nested", "independent"])
+@pytest.mark.parametrize("variant", ["sequential", "nested", "independent", "parallel"])
 def test_learning_in_context_lowers_later_loss(variant):
     """On a text with a skewed token distribution, a CMS that learns while reading predicts the
     later half better than the same model frozen (`learn=False`)."""
@@ -111,6 +111,26 @@ def test_learning_in_context_lowers_later_loss(variant):
         return F.cross_entropy(logits[:, half:-1].flatten(0, 1), tokens[:, half + 1:].flatten()).item()
 
     assert later_loss(True) < later_loss(False) - 0.05
+
+
+def test_static_parallel_cms_is_one_wide_swiglu():
+    """The parallel variant with static levels computes exactly one SwiGLU whose hidden units are
+    the levels' side by side (with the levels' norm weights equal, as at init); the sequential chain
+    does not."""
+    from hope.layers.cms import CMS
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    for variant, equal in (("parallel", True), ("sequential", False)):
+        cms = CMS(16, 8, (None, None, None), variant).double()
+        for norm in cms.norms:  # trained norms differ; give them one common weight
+            norm.weight.data.copy_(torch.linspace(0.5, 1.5, 16, dtype=torch.float64))
+        wide_up = torch.cat([lvl.gate_up.weight.view(2, 8, 16) for lvl in cms.levels], dim=1).view(48, 16)
+        wide_down = torch.cat([lvl.down.weight for lvl in cms.levels], dim=1)
+        gate, up = F.linear(cms.norms[0](x), wide_up).chunk(2, dim=-1)
+        want = x + F.linear(F.silu(gate) * up, wide_down)
+        got, _ = cms(x, None)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12) == equal
 
 
 def test_nested_variant_reinitializes_the_faster_level():
