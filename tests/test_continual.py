@@ -31,6 +31,8 @@ def test_metrics_on_accuracies():
     # R[j-1, j] - b_j for j = 1, 2
     assert metrics.forward_transfer(ACC, [0.0, 0.05, 0.1]) == pytest.approx(((0.1 - 0.05) + (0.3 - 0.1)) / 2)
     assert metrics.forward_transfer(ACC, None) is None
+    assert metrics.learning_score(ACC) == pytest.approx((0.9 + 0.8 + 0.9) / 3)  # the diagonal
+    assert metrics.summary(ACC)["learning"] == pytest.approx(metrics.learning_score(ACC))
 
 
 def test_metrics_on_losses_are_signed_like_accuracies():

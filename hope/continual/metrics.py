@@ -13,6 +13,10 @@ for accuracies and losses alike:
   on the task before the last stage minus its final score, `mean_{j < T-1} max_{l < T-1} R[l, j] - R[T-1, j]`
   (losses: `R[T-1, j] - min_{l < T-1} R[l, j]`). Negative only when the final score of every earlier
   task is its best yet (a model still improving on old tasks).
+* `learning_score(R)`: the mean score of each task just after it was learned, `mean_j R[j, j]`
+  (Riemer et al. 2019's "learning accuracy"): how well the model learns a new task at all, the
+  plasticity that BWT and forgetting are measured against (a model that learns nothing forgets
+  nothing).
 * `forward_transfer(R, baseline)`: FWT, `mean_{j >= 1} (R[j-1, j] - b_j)` with `b_j` the score of
   the model before any stage (a fresh or pretrained model; losses: `b_j - R[j-1, j]`). Only defined
   when such a baseline exists and task j can be scored before it is trained (language modelling);
@@ -77,6 +81,13 @@ def forgetting(R, higher_is_better: bool = True) -> float | None:
     return _mean(out)
 
 
+def learning_score(R) -> float | None:
+    """Mean of the diagonal `R[j, j]` (NaN entries skipped): each task's score just after it was
+    learned. None when no diagonal entry is defined."""
+    R = _matrix(R)
+    return _mean([R[j, j] for j in range(min(R.shape)) if not math.isnan(R[j, j])])
+
+
 def forward_transfer(R, baseline, higher_is_better: bool = True) -> float | None:
     """FWT: score on task j after the stages before it, relative to the model before any stage
     (`baseline[j]`); positive means earlier stages helped. None when it is not defined (no baseline,
@@ -92,7 +103,7 @@ def forward_transfer(R, baseline, higher_is_better: bool = True) -> float | None
 
 
 def summary(R, higher_is_better: bool = True, baseline=None) -> dict:
-    """All four metrics of one run: {"acc", "bwt", "forgetting", "fwt"} (None where undefined)."""
+    """The metrics of one run: {"acc", "bwt", "forgetting", "fwt", "learning"} (None where undefined)."""
     return {"acc": average(R, higher_is_better), "bwt": backward_transfer(R, higher_is_better),
             "forgetting": forgetting(R, higher_is_better),
-            "fwt": forward_transfer(R, baseline, higher_is_better)}
+            "fwt": forward_transfer(R, baseline, higher_is_better), "learning": learning_score(R)}

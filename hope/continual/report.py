@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hope
 from hope.continual.common import write_json
+from hope.continual.metrics import learning_score
 
 
 def header(kind: str, settings, extra: dict) -> dict:
@@ -48,9 +49,10 @@ def markdown(results: dict) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     else:
         lines += [f"Sources: {', '.join(results['sources'])}; tasks of {results['classes_per_task']} classes, "
-                  f"{results['steps_per_task']} steps per task. Accuracy among the labels seen so far.", "",
-                  "| source | architecture | method | optimizer | final avg acc | BWT | forgetting | tokens/s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  f"{results['steps_per_task']} steps per task. Accuracy among the labels seen so far; "
+                  "learning acc: the mean accuracy of each task just after it was learned.", "",
+                  "| source | architecture | method | optimizer | final avg acc | BWT | forgetting | learning acc | tokens/s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:
         if "diverged" in r:
             lines.append(f"| {r.get('source', '') + ' | ' if not lm else ''}{r['arch']} | {r['method']} | {r['optimizer']} | "
@@ -61,8 +63,9 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['arch']} | {r['method']} | {r['optimizer']} | {_fmt(m['avg_ppl'], 2)} | {_fmt(m['avg_bpb'], 4)} | "
                          f"{_fmt(m['bwt'])} | {_fmt(m['forgetting'])} | {_fmt(m['fwt'])} | {r['tokens_per_s']:,.0f} |")
         else:
+            learning = learning_score(r["R_acc"]) if r.get("R_acc") else None  # (results made before the column)
             lines.append(f"| {r['source']} | {r['arch']} | {r['method']} | {r['optimizer']} | {_fmt(m['acc'])} | "
-                         f"{_fmt(m['bwt'])} | {_fmt(m['forgetting'])} | {r['tokens_per_s']:,.0f} |")
+                         f"{_fmt(m['bwt'])} | {_fmt(m['forgetting'])} | {_fmt(learning)} | {r['tokens_per_s']:,.0f} |")
     inf = [r for r in results["runs"] if r.get("inference_forgetting")]
     if inf:
         lines += ["", "Forgetting at inference (no outer optimizer): loss on held-out "
