@@ -23,8 +23,8 @@ def _tune_malloc() -> None:
     each). By default glibc serves each from fresh pages (mmap, or a trimmed heap top), so every one
     is paid again in page faults: at `hope_tiny` (16 x 128) about 167K minor faults per step. A fixed
     mmap threshold of 32 MiB and a high trim threshold make those tensors reuse the heap (about 30K
-    faults, less system time; `benchmarks/page_faults.py`, figures in docs/DEVIATIONS.md). The process keeps up to the trim
-    threshold of freed memory for reuse. Skipped when the user set any `MALLOC_*` variable or
+    faults, less system time; `benchmarks/page_faults.py`, figures in docs/DEVIATIONS.md). The
+    process keeps up to the trim threshold of freed memory for reuse. Skipped when the user set any `MALLOC_*` variable or
     `HOPE_MALLOC_TUNING=0`, and off glibc.
     """
     if _sys.platform != "linux" or _os.environ.get("HOPE_MALLOC_TUNING", "1") == "0":

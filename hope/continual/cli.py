@@ -4,7 +4,7 @@
                       [--domains shakespeare,wiki,bible,pydocs] [--optimizer adamw] [--tokens-per-stage 250000]
                       [--out runs/continual/lm] [--quick]
     hope continual classify [--sources fortunes,kerneldoc] [--pretrain wiki --pretrain-steps 300]
-                            [--steps 40] [--task-lr 1e-3] [--seq-len 64] [--quick]
+                            [--steps 100] [--task-lr 1e-3] [--seq-len 64] [--quick]
 
 Every (architecture, method) run is resumable after each stage: the same command continues a
 stopped suite. `--quick` runs debug-sized models on a few thousand tokens per stage (CI smoke).

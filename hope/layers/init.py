@@ -2,7 +2,7 @@
 
 Layers mark the linear maps whose output is added to the residual stream with
 `residual_output(linear)` (attention's output projection, a mixer's `W_o`, the down projection of
-every MLP and CMS level). `init_weights(model, std)` then draws, in the order of `model.modules()`:
+every MLP and CMS level). `init_weights(model, std, n_layers)` then draws, in the order of `model.modules()`:
 
 * every `nn.Embedding` and every other `nn.Linear` weight from Normal(0, std) (biases are kept:
   the gates of the memory mixers set theirs);
@@ -36,10 +36,9 @@ def is_residual_output(module: nn.Module) -> bool:
     return getattr(module, RESIDUAL, False)
 
 
-def init_weights(model: nn.Module, std: float, n_layers: int) -> int:
-    """Initialize `model`'s Embedding and Linear weights by role (module docstring); returns the
-    number of residual outputs (their std is `std / sqrt(2 n_layers)`)."""
-    n_res = sum(1 for m in model.modules() if is_residual_output(m))
+def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
+    """Initialize `model`'s Embedding and Linear weights by role (module docstring): residual
+    outputs Normal(0, std / sqrt(2 n_layers)), the others Normal(0, std)."""
     res_std = std / math.sqrt(2 * n_layers)
     seen = set()
     for mod in model.modules():
@@ -47,4 +46,3 @@ def init_weights(model: nn.Module, std: float, n_layers: int) -> int:
             continue
         seen.add(id(mod.weight))
         nn.init.normal_(mod.weight, std=res_std if is_residual_output(mod) else std)
-    return n_res

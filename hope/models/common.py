@@ -71,14 +71,9 @@ class CMSLanguageModel(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self._init_linear(cfg.init_std, cfg.n_layers)
-
-    def _init_linear(self, std: float, n_layers: int) -> None:
-        """Embedding and Linear weights by role (`hope.layers.init`, the same for every model): Normal(0,
-        std), residual output projections (attention, mixers' `W_o`, every CMS level and MLP) Normal(0,
-        std / sqrt(2 n_layers)). Gate biases and memory initial states
-        keep the mixers' own initialization."""
-        init_weights(self, std, n_layers)
+        # embedding and Linear weights by role, the same rule for every model (hope.layers.init); gate
+        # biases and memory initial states keep the mixers' own initialization
+        init_weights(self, cfg.init_std, cfg.n_layers)
 
     @property
     def max_seq_len(self):
