@@ -75,8 +75,10 @@ def evaluate_windows(run: Path, windows: list[int], max_tokens: int) -> dict:
     return res
 
 
-def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) -> dict:
+def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str], name: str | None = None) -> dict:
+    """Train (or resume, or skip when finished) one model into OUT/<name or arch>; its summary."""
     overrides = arch_overrides(arch, overrides)
+    name = name or arch
     cfg = get_recipe(recipe_name(arch, size))
     shaped = apply_overrides(cfg, overrides).train  # the batch shape the run will have
     per_step = shaped.batch_size * shaped.seq_len * shaped.grad_accum
@@ -85,20 +87,20 @@ def run_one(arch: str, size: str, tokens: int, out: Path, overrides: list[str]) 
     cfg = apply_overrides(cfg, [f"train.steps={steps}", f"train.eval_every={max(1, steps // evals)}",
                                 f"train.ckpt_every={max(1, steps // 4)}", f"train.log_every={max(1, steps // 200)}",
                                 f"train.warmup_steps={min(cfg.train.warmup_steps, max(1, steps // 10))}", *overrides])
-    run = out / arch
+    run = out / name
     failed = run / "diverged.json"
     try:
         if (run / "final.json").exists() or failed.exists():
-            print(f"{arch}: done already ({run})")
+            print(f"{name}: done already ({run})")
         elif (run / "checkpoints" / "latest").exists():
-            print(f"{arch}: resuming")
+            print(f"{name}: resuming")
             train(cfg, run, resume=True)
         else:
-            print(f"{arch}: {steps} steps of {per_step} tokens")
+            print(f"{name}: {steps} steps of {per_step} tokens")
             train(cfg, run, overwrite=True)
     except DivergedError as e:  # a model that diverges is a result too: record it and go on
         # (any other error, e.g. an unprepared corpus, stops the comparison and is not recorded)
-        print(f"{arch}: {e}")
+        print(f"{name}: {e}")
         run.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps({"error": str(e)}) + "\n")
     if failed.exists():

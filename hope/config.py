@@ -67,6 +67,7 @@ class TrainConfig:
     num_samples: int = 3
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     stateful: bool = False  # batch rows are contiguous streams whose in-context state carries across steps
+    sampler: str = "random"  # random: windows at random offsets | disjoint: a shuffled order of non-overlapping windows
     tbptt: bool = True  # CMS models: cut the mixers' graph at CMS segment boundaries (False: full gradient)
     parallel: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (FSDP2, sharded; hope/parallel.py)
     trainable: str = "all"  # parameters the outer optimizer trains: all, or some of cms,mixer,norm,embed (TRAINABLE)
@@ -86,6 +87,11 @@ class TrainConfig:
             raise HopeError(f"train.dtype must be one of auto, float32, bfloat16, float64; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise HopeError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.sampler not in ("random", "disjoint"):
+            raise HopeError(f"train.sampler must be random or disjoint; got {self.sampler!r}")
+        if self.sampler == "disjoint" and self.stateful:
+            raise HopeError("train.sampler=disjoint draws windows; train.stateful=true reads contiguous streams: "
+                            "choose one")
         if self.parallel not in ("ddp", "fsdp"):
             raise HopeError(f"train.parallel must be ddp or fsdp; got {self.parallel!r}")
         parse_groups(self.trainable, "train.trainable")

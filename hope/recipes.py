@@ -73,15 +73,15 @@ def hope_attention_debug() -> Config:
 
 
 def hope_attention_tiny() -> Config:
-    return _with_model(tiny, "hope_attention", cms_periods=(None, 256, 64), cms_hidden=176)
+    return _with_model(tiny, "hope_attention", cms_periods=(None, 64, 32), cms_hidden=176)
 
 
 def hope_attention_small() -> Config:
-    return _with_model(small, "hope_attention", cms_periods=(None, 2048, 512), cms_hidden=464)
+    return _with_model(small, "hope_attention", cms_periods=(None, 512, 256), cms_hidden=464)
 
 
 def hope_attention_base() -> Config:
-    return _with_model(base, "hope_attention", cms_periods=(None, 2048, 512), cms_hidden=688)
+    return _with_model(base, "hope_attention", cms_periods=(None, 1024, 512), cms_hidden=688)
 
 
 def titans_debug() -> Config:
@@ -110,17 +110,17 @@ def hope_debug() -> Config:
 
 
 def hope_tiny() -> Config:
-    return _with_model(tiny, "hope", proj_memory="mlp", chunk_proj=16, chunk_mem=16, cms_periods=(None, 256, 64),
+    return _with_model(tiny, "hope", proj_memory="mlp", chunk_proj=16, chunk_mem=16, cms_periods=(None, 64, 32),
                        cms_hidden=80)
 
 
 def hope_small() -> Config:
-    return _with_model(small, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 2048, 512),
+    return _with_model(small, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 512, 256),
                        cms_hidden=360)
 
 
 def hope_base() -> Config:
-    return _with_model(base, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 2048, 512),
+    return _with_model(base, "hope", proj_memory="mlp", chunk_proj=64, chunk_mem=64, cms_periods=(None, 1024, 512),
                        cms_hidden=616)
 
 

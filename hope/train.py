@@ -39,7 +39,7 @@ from hope.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoi
 from hope.config import Config, trainable_group
 from hope.data.corpus import load_corpus
 from hope.data.tokenizer import build_tokenizer, load_tokenizer
-from hope.data.tokens import get_batch, get_stream_batch, prepare_tokens, val_windows
+from hope.data.tokens import get_batch, get_disjoint_batch, get_stream_batch, prepare_tokens, val_windows
 from hope.errors import DivergedError, HopeError
 from hope.generate import generate
 from hope.device import resolve_device
@@ -425,6 +425,9 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
                 index = rank * tc.grad_accum + micro
                 if tc.stateful:
                     x, y = get_stream_batch(tokens["train"], tc.batch_size, tc.seq_len, step, index, world * tc.grad_accum)
+                elif tc.sampler == "disjoint":
+                    x, y = get_disjoint_batch(tokens["train"], tc.batch_size, tc.seq_len, tc.seed,
+                                              (step - 1) * world * tc.grad_accum + index)
                 else:
                     gen = torch.Generator().manual_seed((tc.seed * 1_000_003 + step) * 65_537 + index)
                     x, y = get_batch(tokens["train"], tc.batch_size, tc.seq_len, gen)

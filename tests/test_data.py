@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from hope.config import TrainConfig
 from hope.data.corpus import load_corpus, load_path, load_shakespeare
 from hope.data.tokenizer import BPETokenizer, ByteTokenizer, gpt2_tokenizer, tokenizer_from_json, train_bpe
 from hope.data.tokens import get_batch, prepare_tokens, val_windows
@@ -99,3 +101,26 @@ def test_batches_are_shifted_windows():
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y - x, torch.ones_like(x))
     w = val_windows(data, 10, 50)
     assert w.shape == (5, 11) and torch.equal(w[1:, 0], w[:-1, -1])
+
+
+def test_disjoint_windows_read_every_token_once_before_repeating():
+    from hope.data.tokens import get_disjoint_batch
+
+    data = np.arange(1, 8 * 10 + 2, dtype=np.uint16)  # 10 windows of 8 (+ the shared boundary token)
+    seen = []
+    for index in range(5):  # 5 groups of 2 rows: every window once
+        x, y = get_disjoint_batch(data, 2, 8, seed=3, index=index)
+        assert torch.equal(y[:, :-1], x[:, 1:])
+        assert all(int(row[0] - 1) % 8 == 0 for row in x)  # windows start on multiples of the length
+        seen += [int(row[0]) for row in x]
+    assert sorted(seen) == list(range(1, 81, 8))
+    again = get_disjoint_batch(data, 2, 8, seed=3, index=5)[0]  # the order repeats after a full pass
+    assert torch.equal(again, get_disjoint_batch(data, 2, 8, seed=3, index=0)[0])
+    assert seen != sorted(seen)  # shuffled
+
+
+def test_disjoint_sampler_excludes_stateful_streams():
+    with pytest.raises(HopeError, match="choose one"):
+        TrainConfig(sampler="disjoint", stateful=True)
+    with pytest.raises(HopeError, match="sampler"):
+        TrainConfig(sampler="shuffle")

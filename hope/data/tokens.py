@@ -72,6 +72,29 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.
     return t[:, :-1], t[:, 1:]
 
 
+def get_disjoint_batch(data: np.ndarray, batch_size: int, seq_len: int, seed: int, index: int):
+    """`train.sampler=disjoint`: window `index * batch_size + b` of a shuffled order (seeded by `seed`)
+    of the non-overlapping windows `[k * seq_len, (k + 1) * seq_len]` of the data, so no token is read
+    twice before every window has been read once (then the same order repeats). Windows share their
+    boundary token, as input of one and target of the other. Returns x, y [B, T] int64."""
+    n = (len(data) - 1) // seq_len
+    if n < 1:
+        raise HopeError(f"the training split has {len(data)} tokens, fewer than train.seq_len + 1 = {seq_len + 1}")
+    order = _window_order(n, seed)
+    starts = [int(order[(index * batch_size + b) % n]) * seq_len for b in range(batch_size)]
+    t = torch.from_numpy(np.stack([np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+    return t[:, :-1], t[:, 1:]
+
+
+_ORDERS: dict = {}
+
+
+def _window_order(n: int, seed: int) -> np.ndarray:
+    if (n, seed) not in _ORDERS:
+        _ORDERS[(n, seed)] = np.random.default_rng(seed).permutation(n)
+    return _ORDERS[(n, seed)]
+
+
 def get_stream_batch(data: np.ndarray, batch_size: int, seq_len: int, step: int, index: int, n_groups: int):
     """Contiguous streams (`train.stateful`): row b of micro-batch group `index` is stream
     `index * batch_size + b`, which starts at an even share of the data and reads the next `seq_len`

@@ -23,7 +23,7 @@ from hope.config import parse_groups, trainable_group
 from hope.errors import HopeError
 from hope.eval.scoring import _nll
 
-DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def chosen_parameters(model, params: str) -> list[torch.nn.Parameter]:
@@ -109,4 +109,6 @@ def tune_lr(model, ids: torch.Tensor, window: int, params: str = "all", streams:
         losses[lr] = loss if math.isfinite(loss) else float("inf")
         log(f"  dynamic lr {lr:g}: validation loss {loss:.4f}")
     best = min(losses, key=losses.get)
+    if best == max(lrs):
+        log(f"  warning: the best dynamic learning rate is the largest tried ({best:g}); try larger ones")
     return best, losses

@@ -56,7 +56,7 @@ class HopeConfig:
     momentum_norm: bool = True  # momentum as a running mean of the inner gradients (docs/DEVIATIONS.md)
     recompute: bool = False  # memory ops keep chunk-start states only and recompute chunks in the backward
     anchor: bool = False  # linear memories: retention decays W - W0 (toward the meta-learned init), not W
-    cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
+    cms_periods: tuple[int | None, ...] = (None, 128, 64)  # slowest level first; None = static
     cms_hidden: int = 144  # SwiGLU width of every CMS level
     cms_variant: str = "parallel"  # parallel | sequential | nested | independent (docs/DEVIATIONS.md)
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)

@@ -23,7 +23,7 @@ class HopeAttentionConfig:
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads
     max_seq_len: int = 1024  # longest sequence (RoPE tables, KV cache)
     rope_theta: float = 10000.0
-    cms_periods: tuple[int | None, ...] = (None, 256, 64)  # slowest level first; None = static
+    cms_periods: tuple[int | None, ...] = (None, 128, 64)  # slowest level first; None = static
     cms_hidden: int = 176  # SwiGLU width of every CMS level
     cms_variant: str = "parallel"  # parallel | sequential | nested | independent (docs/DEVIATIONS.md)
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)

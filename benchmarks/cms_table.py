@@ -1,0 +1,200 @@
+"""Does the Continuum Memory System earn its place (issue 13)? Hope-Attention and Hope with no CMS, a
+static CMS, a CMS learning first-order (with and without truncation at CMS segments) and a CMS with
+meta-learned step sizes, beside Transformer++ with and without dynamic evaluation, at one budget.
+
+    python benchmarks/cms_table.py --setting ctx128 --out benchmarks/results/cms_table/ctx128
+    python benchmarks/cms_table.py --setting wiki512 --out benchmarks/results/cms_table/wiki512
+    python benchmarks/cms_table.py --setting ctx128 --rows transformer,ha_meta --out ...   # some rows
+    python benchmarks/cms_table.py --quick --out /tmp/cms_table                             # smoke run
+
+Settings (`SETTINGS`): `ctx128` is the embedded Shakespeare corpus, 300 steps of 16 x 128 tokens
+(614,400 tokens) with the tiny recipes; `wiki512` is Wikipedia at 512 tokens of context, 256 steps of
+8 x 512 (1,048,576 tokens, drawn as disjoint windows, `train.sampler=disjoint`: no token seen twice).
+
+Every row is trained with its tiny recipe (parameter counts within 5% of Transformer++'s), the same
+seed, batch shape and schedule, into `OUT/<row>/`; a finished row is skipped when the command runs
+again and an interrupted one resumes from its last checkpoint. Each trained model is then evaluated
+on one held-out stream (the validation split after its first `--tune-tokens` tokens, `--eval-tokens`
+long) in windows of the training length, every window read from a fresh state as in training:
+* frozen: the CMS fast weights stay at zero;
+* learning: the CMS learns in context as in training (CMS rows);
+* dynamic (Krause et al.): after scoring each window, one SGD step on all parameters with that
+  window's loss, carried across the whole stream; its learning rate is the best of
+  `hope.eval.dynamic.DEFAULT_LRS` (and 0) on the first `--tune-tokens` validation tokens.
+Also reported: the last validation figures of training (`val_ppl`, `val_ppl_frozen`), tokens/s and
+the learned CMS step sizes per block and level (`exp(log_lr)`, meta rows). Writes `results.json` and
+`results.md` to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import run_one  # noqa: E402
+
+from hope.errors import HopeError  # noqa: E402
+from hope.eval.dynamic import DEFAULT_LRS  # noqa: E402
+
+SETTINGS = {
+    "ctx128": {"tokens": 614_400, "sets": ["train.sample_tokens=0"]},
+    "wiki512": {"tokens": 1_048_576, "sets": ["data.corpus=wiki", "train.seq_len=512", "train.batch_size=8",
+                                              "train.sampler=disjoint", "train.sample_tokens=0"]},
+}
+
+# row: (label, architecture, overrides)
+ROWS = {
+    "transformer": ("Transformer++", "transformer", []),
+    "ha_no_cms": ("Hope-Attention, no CMS (one SwiGLU)", "hope_attention", ["model.cms=false"]),
+    "ha_static": ("Hope-Attention, static CMS", "hope_attention", ["model.cms_periods=None,None,None"]),
+    "ha_first_order": ("Hope-Attention, CMS first-order, truncated", "hope_attention",
+                       ["model.cms_meta=false", "train.tbptt=true"]),
+    "ha_first_order_full": ("Hope-Attention, CMS first-order, full gradient", "hope_attention",
+                            ["model.cms_meta=false", "train.tbptt=false"]),
+    "ha_meta": ("Hope-Attention, CMS meta-learned step", "hope_attention", ["model.cms_meta=true", "train.tbptt=false"]),
+    "hope_no_cms": ("Hope, no CMS (one SwiGLU)", "hope", ["model.cms=false"]),
+    "hope_static": ("Hope, static CMS", "hope", ["model.cms_periods=None,None,None"]),
+    "hope_first_order": ("Hope, CMS first-order, truncated", "hope", ["model.cms_meta=false", "train.tbptt=true"]),
+    "hope_first_order_full": ("Hope, CMS first-order, full gradient", "hope",
+                              ["model.cms_meta=false", "train.tbptt=false"]),
+    "hope_meta": ("Hope, CMS meta-learned step", "hope", ["model.cms_meta=true", "train.tbptt=false"]),
+}
+DYNAMIC_ROWS = ("transformer", "ha_no_cms")  # CMS-free models the anchor is run on
+
+
+
+def per_step(size: str, sets: list[str]) -> int:
+    """Training tokens per step of the tiny (or debug) Transformer++ recipe under `sets`."""
+    from hope.config import apply_overrides
+    from hope.recipes import get_recipe
+
+    tc = apply_overrides(get_recipe(size), [s for s in sets if s.startswith("train.")]).train
+    return tc.batch_size * tc.seq_len * tc.grad_accum
+
+
+def step_sizes(model) -> dict:
+    """{block: [step size per learning level, slowest first]} of a model whose CMS learns its steps."""
+    out = {}
+    for i, block in enumerate(getattr(model, "blocks", [])):
+        log_lr = getattr(getattr(block, "cms", None), "log_lr", None)
+        if log_lr is not None:
+            out[str(i)] = [round(float(v), 5) for v in log_lr.detach().exp()]
+    return out
+
+
+def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch_size: int = 8) -> dict:
+    """Frozen, learning and (with `dynamic`) dynamic-evaluation figures of a trained run on its corpus's
+    validation stream after the first `tune_tokens` tokens; cached in RUN/eval/cms_table.json."""
+    from hope.checkpoint import atomic_write_text
+    from hope.eval.common import eval_documents
+    from hope.eval.dynamic import dynamic_nll, tune_lr
+    from hope.eval.scoring import independent_nll, stream_ids, summarize
+    from hope.runs import load_run
+
+    path = run / "eval" / "cms_table.json"
+    key = {"tune_tokens": tune_tokens, "eval_tokens": eval_tokens, "dynamic": list(DEFAULT_LRS) if dynamic else False}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["results"]
+    loaded = load_run(run)
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
+    _, _, docs = eval_documents(cfg.data.corpus, "validation", cfg)
+    ids = stream_ids(docs, tok)
+    if ids.numel() < tune_tokens + eval_tokens + 1:
+        raise HopeError(f"{run}: the validation split has {ids.numel():,} tokens, fewer than --tune-tokens + "
+                        f"--eval-tokens + 1 = {tune_tokens + eval_tokens + 1:,}")
+    tune, held = ids[:tune_tokens + 1], ids[tune_tokens:tune_tokens + eval_tokens + 1]
+    window = cfg.train.seq_len
+    res = {"frozen": summarize(independent_nll(model, held, window, batch_size), held[1:], tok.token_bytes)}
+    if getattr(model, "cms_segment", None) is not None:
+        res["learning"] = summarize(independent_nll(model, held, window, batch_size, learn=True), held[1:],
+                                    tok.token_bytes)
+    if dynamic:
+        lr, losses = tune_lr(model, tune, window)
+        res["dynamic"] = {**summarize(dynamic_nll(model, held, window, lr), held[1:], tok.token_bytes), "lr": lr,
+                          "tuning": {str(k): v for k, v in losses.items()}}
+    res["step_sizes"] = step_sizes(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "results": res}, indent=2) + "\n")
+    return res
+
+
+def _ppl(r: dict, mode: str) -> str:
+    v = r.get("eval", {}).get(mode)
+    return f"{v['ppl']:.2f}" if v else "-"
+
+
+def write_table(rows: list[dict], out: Path, setting: str) -> str:
+    lines = ["| row | params | tokens | val ppl (training's validation) | frozen | learning | dynamic eval "
+             "(lr) | tokens/s | learned step sizes (block: slow, fast) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | | | {r['error']} | | | | | |")
+            continue
+        val = f"{r['val_ppl']:.2f}" + (f" ({r['val_ppl_frozen']:.2f} frozen)" if r.get("val_ppl_frozen") else "")
+        dyn = r.get("eval", {}).get("dynamic")
+        sizes = r.get("eval", {}).get("step_sizes") or {}
+        lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {val} | "
+                     f"{_ppl(r, 'frozen')} | {_ppl(r, 'learning')} | "
+                     + (f"{dyn['ppl']:.2f} ({dyn['lr']:g})" if dyn else "-")
+                     + f" | {r['tokens_per_s']:,.0f} | "
+                     + "; ".join(f"{b}: {', '.join(f'{s:.4f}' for s in v)}" for b, v in sizes.items()) + " |")
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(f"Setting `{setting}` ({SETTINGS[setting]}); command: "
+                                    f"`python benchmarks/cms_table.py --setting {setting} --out {out}`\n\n" + table)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", default="ctx128", choices=sorted(SETTINGS))
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tune-tokens", type=int, default=16_384, help="validation tokens that tune dynamic evaluation")
+    ap.add_argument("--eval-tokens", type=int, default=65_536, help="validation tokens evaluated after them")
+    ap.add_argument("--quick", action="store_true", help="debug recipes, 8K tokens, small evaluation: a smoke run")
+    ap.add_argument("--set", nargs="+", default=[], help="more overrides for every row")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown row(s) {', '.join(unknown)}; rows are {', '.join(ROWS)}")
+    setting = SETTINGS[args.setting]
+    size, tokens = ("debug", 8192) if args.quick else ("tiny", setting["tokens"])
+    tune, held = (1024, 2048) if args.quick else (args.tune_tokens, args.eval_tokens)
+    # validation during training: 3 times, on 16K tokens (the full held-out figures come after)
+    sets = [*setting["sets"], *args.set]
+    if args.quick and args.setting == "wiki512":
+        sets = [s for s in sets if not s.startswith("train.batch_size")]
+    steps = math.ceil(tokens / per_step(size, sets))
+    sets = ["train.eval_tokens=16384", f"train.eval_every={max(1, math.ceil(steps / 3))}", *sets]
+    done = {}
+    if (out / "results.json").exists():  # rows finished by earlier invocations
+        done = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
+    try:
+        for name in names:
+            label, arch, overrides = ROWS[name]
+            r = run_one(arch, size, tokens, out, sets + overrides, name=name)
+            r.update(row=name, label=label)
+            if "error" not in r:
+                r["eval"] = evaluate(Path(r["run"]), name in DYNAMIC_ROWS, tune, held)
+            done[name] = r
+            write_table([done[n] for n in ROWS if n in done], out, args.setting)
+    except HopeError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(write_table([done[n] for n in ROWS if n in done], out, args.setting))
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
