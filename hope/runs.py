@@ -123,12 +123,14 @@ def _hf_weights(path: Path, model) -> str:
     return ", ".join(files)
 
 
-def load_run(path, device: str = "cpu") -> Loaded:
+def load_run(path, device: str = "cpu", max_seq_len: int | None = None) -> Loaded:
     """Config, model (latest weights, eval mode) and tokenizer of a run folder or a transformers folder.
 
     Args:
         path: the folder.
         device: auto | cpu | cuda | cuda:N | mps (checked by `hope.device.resolve_device`).
+        max_seq_len: lift (or lower) the maximum length of a model that has one (its RoPE tables are
+            not weights); positions past the training length are extrapolation.
     """
     from hope.checkpoint import latest_checkpoint, load_checkpoint
     from hope.config import Config
@@ -140,7 +142,7 @@ def load_run(path, device: str = "cpu") -> Loaded:
     kind = folder_kind(path)
     dev = resolve_device(device)
     if kind == "run":
-        cfg = Config.load(path / "config.json")
+        cfg = _with_max_seq_len(Config.load(path / "config.json"), max_seq_len)
         tokenizer = load_tokenizer(path / "tokenizer.json")
         ckpt = latest_checkpoint(path)
         if ckpt is None:
@@ -150,8 +152,18 @@ def load_run(path, device: str = "cpu") -> Loaded:
         source = ckpt.name
     else:
         d = _read_json(path / "config.json")
-        cfg = hf_to_config(d)
+        cfg = _with_max_seq_len(hf_to_config(d), max_seq_len)
         tokenizer = _hf_tokenizer(path, d.get("tokenizer_kind"))
         model = build_model(cfg.arch, cfg.model)
         source = _hf_weights(path, model)
     return Loaded(cfg, model.to(dev).eval(), tokenizer, path, kind, source)
+
+
+def _with_max_seq_len(cfg, max_seq_len: int | None):
+    if max_seq_len is None:
+        return cfg
+    from dataclasses import replace
+
+    if not hasattr(cfg.model, "max_seq_len"):
+        raise HopeError(f"--max-seq-len: a {cfg.arch} model has no maximum length (it reads any length)")
+    return replace(cfg, model=replace(cfg.model, max_seq_len=max_seq_len))

@@ -179,3 +179,19 @@ def test_loss_curve_draws_the_unigram_baseline():
     lines = fig.axes[0].get_lines()
     baseline = [ln for ln in lines if "unigram" in ln.get_label()]
     assert len(baseline) == 1 and baseline[0].get_ydata()[0] == pytest.approx(math.log(100.0))
+
+
+def test_eval_context_past_the_trained_length_needs_max_seq_len(run_dir, capsys, tmp_path):
+    """An attention model refuses a context longer than its maximum length, and `--max-seq-len` lifts
+    it (RoPE tables are not weights); a model without a maximum length says it needs none."""
+    from hope.config import Config
+    from hope.runs import load_run
+
+    limit = Config.load(run_dir / "config.json").model.max_seq_len
+    argv = ["eval", "context", "--run", str(run_dir), "--data", "shakespeare", "--length", str(2 * limit),
+            "--max-pieces", "2", "--out", str(tmp_path)]
+    assert "exceeds the model's maximum length" in error_of(capsys, argv)
+    assert main([*argv, "--max-seq-len", str(2 * limit)]) == 0
+    curve = json.loads((tmp_path / "context_shakespeare.json").read_text())
+    assert curve["length"] == 2 * limit and len(curve["modes"]["no_learn"]["loss"]) == 2 * limit
+    assert load_run(run_dir, max_seq_len=2 * limit).model.max_seq_len == 2 * limit

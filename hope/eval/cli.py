@@ -212,6 +212,8 @@ def register(subparsers) -> None:
     q.add_argument("--window", type=int, default=None, help="recurrent models read this many tokens at a time")
     q.add_argument("--max-pieces", type=int, default=32, help="document pieces averaged")
     q.add_argument("--no-learn", action="store_true", help="only the pass without in-context learning")
+    q.add_argument("--max-seq-len", type=int, default=None,
+                   help="lift an attention model's maximum length for --length (RoPE extrapolation)")
     q.add_argument("--out", default=None, help="output folder (default RUN/eval)")
     q.set_defaults(func=cmd_eval_context)
 

@@ -36,7 +36,7 @@ def load_for_eval(args):
         raise HopeError("pass --run RUN_DIR (or --gguf for a pretrained GGUF model)")
     from hope.runs import load_run
 
-    r = load_run(args.run, args.device)
+    r = load_run(args.run, args.device, getattr(args, "max_seq_len", None))
     if getattr(args, "state", None):
         from hope.learn import describe, use_state
 
