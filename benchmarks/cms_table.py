@@ -18,11 +18,14 @@ on one held-out stream (the validation split after its first `--tune-tokens` tok
 long) in windows of the training length, every window read from a fresh state as in training:
 * frozen: the CMS fast weights stay at zero;
 * learning: the CMS learns in context as in training (CMS rows);
+* learning, carried: as learning, but each window's CMS starts from where the previous window's left
+  it (the mixers still start fresh), so the CMS adapts across the whole stream as dynamic evaluation
+  does (`carried_cms_nll`);
 * dynamic (Krause et al.): after scoring each window, one SGD step on all parameters with that
   window's loss, carried across the whole stream; its learning rate is the best of
   `hope.eval.dynamic.DEFAULT_LRS` (and 0) on the first `--tune-tokens` validation tokens.
 Also reported: the last validation figures of training (`val_ppl`, `val_ppl_frozen`), tokens/s and
-the learned CMS step sizes per block and level (`exp(log_lr)`, meta rows). Writes `results.json` and
+the learned CMS step sizes per block and level (meta rows). Writes `results.json` and
 `results.md` to `--out`.
 """
 
@@ -37,6 +40,9 @@ from pathlib import Path
 import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import run_one  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from hope.errors import HopeError  # noqa: E402
 from hope.eval.dynamic import DEFAULT_LRS  # noqa: E402
@@ -81,15 +87,33 @@ def step_sizes(model) -> dict:
     """{block: [step size per learning level, slowest first]} of a model whose CMS learns its steps."""
     out = {}
     for i, block in enumerate(getattr(model, "blocks", [])):
-        log_lr = getattr(getattr(block, "cms", None), "log_lr", None)
-        if log_lr is not None:
-            out[str(i)] = [round(float(v), 5) for v in log_lr.detach().exp()]
+        cms = getattr(block, "cms", None)
+        if getattr(cms, "meta", False):
+            out[str(i)] = [round(float(v), 5) for v in cms.step_sizes() if v is not None]
     return out
 
 
+def carried_cms_nll(model, ids: torch.Tensor, window: int) -> torch.Tensor:
+    """Per-token losses [N - 1] of the stream `ids` read in consecutive windows, each window's mixers
+    from a fresh state and its CMS from where the previous window left it, learning as it reads: the
+    CMS's multi-frequency dynamic evaluation, carried across the stream as Krause et al.'s is.
+    `(N - 1)` must be a multiple of `window`."""
+    n = ids.numel() - 1
+    if n % window:
+        raise HopeError(f"carried CMS evaluation needs a whole number of {window}-token windows, got {n} tokens")
+    learned = model.learned_part(model.fresh_state(1))
+    out = []
+    for a in range(0, n, window):
+        row = ids[a:a + window + 1][None]
+        logits, state = model.read(row[:, :-1], model.state_from(learned, 1), learn=True)
+        out.append(F.cross_entropy(logits[0].float(), row[0, 1:], reduction="none").double())
+        learned = model.learned_part(state)
+    return torch.cat(out)
+
+
 def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch_size: int = 8) -> dict:
-    """Frozen, learning and (with `dynamic`) dynamic-evaluation figures of a trained run on its corpus's
-    validation stream after the first `tune_tokens` tokens; cached in RUN/eval/cms_table.json."""
+    """The figures of a trained run on its corpus's validation stream after the first `tune_tokens`
+    tokens (module docstring), each cached in RUN/eval/cms_table.json under the settings it used."""
     from hope.checkpoint import atomic_write_text
     from hope.eval.common import eval_documents
     from hope.eval.dynamic import dynamic_nll, tune_lr
@@ -97,32 +121,42 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
     from hope.runs import load_run
 
     path = run / "eval" / "cms_table.json"
-    key = {"tune_tokens": tune_tokens, "eval_tokens": eval_tokens, "dynamic": list(DEFAULT_LRS) if dynamic else False}
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached["results"]
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if "modes" not in cached:
+        cached = {"modes": {}}  # a cache of the first format is recomputed
     loaded = load_run(run)
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
-    _, _, docs = eval_documents(cfg.data.corpus, "validation", cfg)
-    ids = stream_ids(docs, tok)
-    if ids.numel() < tune_tokens + eval_tokens + 1:
-        raise HopeError(f"{run}: the validation split has {ids.numel():,} tokens, fewer than --tune-tokens + "
-                        f"--eval-tokens + 1 = {tune_tokens + eval_tokens + 1:,}")
-    tune, held = ids[:tune_tokens + 1], ids[tune_tokens:tune_tokens + eval_tokens + 1]
     window = cfg.train.seq_len
-    res = {"frozen": summarize(independent_nll(model, held, window, batch_size), held[1:], tok.token_bytes)}
-    if getattr(model, "cms_segment", None) is not None:
-        res["learning"] = summarize(independent_nll(model, held, window, batch_size, learn=True), held[1:],
-                                    tok.token_bytes)
-    if dynamic:
-        lr, losses = tune_lr(model, tune, window)
-        res["dynamic"] = {**summarize(dynamic_nll(model, held, window, lr), held[1:], tok.token_bytes), "lr": lr,
-                          "tuning": {str(k): v for k, v in losses.items()}}
-    res["step_sizes"] = step_sizes(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"key": key, "results": res}, indent=2) + "\n")
-    return res
+    learns = getattr(model, "cms_segment", None) is not None
+    wanted = {"frozen": {}, "learning": {}, "learning_carried": {}, "dynamic": {"lrs": list(DEFAULT_LRS)}}
+    wanted = {m: {"tune_tokens": tune_tokens, "eval_tokens": eval_tokens, "window": window, **k}
+              for m, k in wanted.items() if (m != "dynamic" or dynamic) and (not m.startswith("learning") or learns)}
+    todo = [m for m, k in wanted.items() if cached["modes"].get(m, {}).get("key") != k]
+    if todo:
+        _, _, docs = eval_documents(cfg.data.corpus, "validation", cfg)
+        ids = stream_ids(docs, tok)
+        if ids.numel() < tune_tokens + eval_tokens + 1:
+            raise HopeError(f"{run}: the validation split has {ids.numel():,} tokens, fewer than --tune-tokens + "
+                            f"--eval-tokens + 1 = {tune_tokens + eval_tokens + 1:,}")
+        tune, held = ids[:tune_tokens + 1], ids[tune_tokens:tune_tokens + eval_tokens + 1]
+    for mode in todo:
+        print(f"{run.name}: evaluating {mode} on {eval_tokens:,} validation tokens")
+        if mode == "frozen":
+            res = summarize(independent_nll(model, held, window, batch_size), held[1:], tok.token_bytes)
+        elif mode == "learning":
+            res = summarize(independent_nll(model, held, window, batch_size, learn=True), held[1:], tok.token_bytes)
+        elif mode == "learning_carried":
+            res = summarize(carried_cms_nll(model, held, window), held[1:], tok.token_bytes)
+        else:
+            lr, losses = tune_lr(model, tune, window)
+            res = {**summarize(dynamic_nll(model, held, window, lr), held[1:], tok.token_bytes), "lr": lr,
+                   "tuning": {str(k): v for k, v in losses.items()}}
+        cached["modes"][mode] = {"key": wanted[mode], "results": res}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cached, indent=2) + "\n")
+    out = {m: cached["modes"][m]["results"] for m in wanted}
+    out["step_sizes"] = step_sizes(model)
+    return out
 
 
 def _ppl(r: dict, mode: str) -> str:
@@ -131,18 +165,18 @@ def _ppl(r: dict, mode: str) -> str:
 
 
 def write_table(rows: list[dict], out: Path, setting: str) -> str:
-    lines = ["| row | params | tokens | val ppl (training's validation) | frozen | learning | dynamic eval "
-             "(lr) | tokens/s | learned step sizes (block: slow, fast) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| row | params | tokens | val ppl (training's validation) | frozen | learning | learning, carried "
+             "| dynamic eval (lr) | tokens/s | learned step sizes (block: slow, fast) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | | | {r['error']} | | | | | |")
+            lines.append(f"| {r['label']} | | | {r['error']} | | | | | | |")
             continue
         val = f"{r['val_ppl']:.2f}" + (f" ({r['val_ppl_frozen']:.2f} frozen)" if r.get("val_ppl_frozen") else "")
         dyn = r.get("eval", {}).get("dynamic")
         sizes = r.get("eval", {}).get("step_sizes") or {}
         lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {val} | "
-                     f"{_ppl(r, 'frozen')} | {_ppl(r, 'learning')} | "
+                     f"{_ppl(r, 'frozen')} | {_ppl(r, 'learning')} | {_ppl(r, 'learning_carried')} | "
                      + (f"{dyn['ppl']:.2f} ({dyn['lr']:g})" if dyn else "-")
                      + f" | {r['tokens_per_s']:,.0f} | "
                      + "; ".join(f"{b}: {', '.join(f'{s:.4f}' for s in v)}" for b, v in sizes.items()) + " |")

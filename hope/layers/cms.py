@@ -17,7 +17,8 @@ after the backward pass of a segment's loss (training) or of the loss of the tex
 
 The step size: by default every level steps by the fixed `lr` and the outer loop treats the update
 as a constant (first-order, SPEC 4.3). With `meta` (`model.cms_meta=true`) each learning level has its own
-step size `exp(log_lr[l])` (initialized to `lr`), a parameter of the model, and training keeps the
+step size `lr * exp(meta_gain * (log_lr[l] - log(lr)))` (initialized to `lr`; `log_lr` a parameter of the
+model, whose moves count `meta_gain` times, `model.cms_meta_gain`), and training keeps the
 update inside the graph (`hope.models.common.forward_backward`), so the outer gradient reaches the
 step sizes and flows through the fast weights into earlier segments (second order, as in MAML).
 
@@ -78,10 +79,12 @@ class CMS(nn.Module):
         decay: retention of fast weights towards the meta-learned weights, per update (0: none).
         meta: a learned step size per learning level (`log_lr`, initialized to `log(lr)`; training
             keeps the update in the graph); False: the fixed `lr`, first-order.
+        meta_gain: the step size is `lr * exp(meta_gain * (log_lr - log(lr)))`: the outer optimizer's
+            moves of `log_lr` count `meta_gain` times (1: the step size is `exp(log_lr)`).
     """
 
     def __init__(self, d_model: int, hidden: int, periods: tuple, variant: str = "sequential", lr: float = 1.0,
-                 decay: float = 0.0, norm_eps: float = 1e-6, meta: bool = False):
+                 decay: float = 0.0, norm_eps: float = 1e-6, meta: bool = False, meta_gain: float = 1.0):
         super().__init__()
         if not periods:
             raise HopeError("model.cms_periods needs at least one level")
@@ -97,7 +100,9 @@ class CMS(nn.Module):
             raise HopeError("model.cms_meta=true learns log step sizes: model.cms_lr (their start) must be > 0")
         self.periods = tuple(periods)
         self.variant = variant
-        self.lr, self.decay = lr, decay
+        if not meta_gain > 0:
+            raise HopeError(f"model.cms_meta_gain must be > 0, got {meta_gain}")
+        self.lr, self.decay, self.meta_gain = lr, decay, meta_gain
         self.meta = bool(meta and learning)
         self.levels = nn.ModuleList(CMSLevel(d_model, hidden) for _ in periods)
         self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in periods)
@@ -108,13 +113,14 @@ class CMS(nn.Module):
 
     def step_sizes(self) -> list:
         """Per level, the step size `lr` of its update (None for a static level): the fixed `lr`, or
-        with `meta` the learned `exp(log_lr)` (a tensor in the graph)."""
+        with `meta` the learned one (a tensor in the graph)."""
         out, j = [], 0
         for p in self.periods:
             if p is None:
                 out.append(None)
             elif self.meta:
-                out.append(self.log_lr[j].exp())
+                start = math.log(self.lr)
+                out.append((start + self.meta_gain * (self.log_lr[j] - start)).exp())
                 j += 1
             else:
                 out.append(self.lr)

@@ -62,6 +62,7 @@ class HopeConfig:
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
     cms_decay: float = 0.0
     cms_meta: bool = False  # learned CMS step sizes, the update inside the training graph (second order)
+    cms_meta_gain: float = 1.0  # the learned step sizes move this many times faster than other parameters
     cms: bool = True  # ablation "no CMS": one static MLP of width len(cms_periods) * cms_hidden
     norm_eps: float = 1e-6
     tie_embeddings: bool = True

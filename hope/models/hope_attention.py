@@ -29,6 +29,7 @@ class HopeAttentionConfig:
     cms_lr: float = 0.01  # fast-weight learning rate (per-token mean gradient)
     cms_decay: float = 0.0  # pull of the fast weights towards the meta-learned ones, per update
     cms_meta: bool = False  # learned CMS step sizes, the update inside the training graph (second order)
+    cms_meta_gain: float = 1.0  # the learned step sizes move this many times faster than other parameters
     cms: bool = True  # False: the ablation "no CMS" (one static MLP of width len(cms_periods) * cms_hidden)
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -66,7 +67,7 @@ def build_cms(cfg) -> CMS:
     if not cfg.cms:
         return CMS(cfg.d_model, cfg.cms_hidden * len(cfg.cms_periods), (None,), norm_eps=cfg.norm_eps)
     return CMS(cfg.d_model, cfg.cms_hidden, tuple(cfg.cms_periods), cfg.cms_variant, cfg.cms_lr, cfg.cms_decay,
-               cfg.norm_eps, cfg.cms_meta)
+               cfg.norm_eps, cfg.cms_meta, cfg.cms_meta_gain)
 
 
 class HopeAttention(CMSLanguageModel):

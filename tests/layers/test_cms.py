@@ -1,5 +1,7 @@
 """CMS semantics (SPEC 4.3): when fast weights change, by how much, and that learning in context helps."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -247,6 +249,26 @@ def test_meta_model_reads_with_its_learned_step_sizes():
     m_other = model(lr=0.4)                                    # another step size reads differently
     m_other.load_state_dict(m_fixed.state_dict())
     assert (m_other.read(tokens)[0] - logits).abs().max() > 1e-5
+
+
+def test_meta_gain_multiplies_the_moves_of_the_step_sizes():
+    """model.cms_meta_gain k: the step size is lr * exp(k (log_lr - log lr)), so it starts at lr and a
+    move of log_lr counts k times; the model then reads as one with that fixed step size."""
+    from hope.errors import HopeError
+
+    m = model(lr=0.4, cms_meta=True, cms_meta_gain=3.0).requires_grad_(False)
+    assert all(abs(float(s) - 0.4) < 1e-6 for s in m.blocks[0].cms.step_sizes() if s is not None)
+    with torch.no_grad():
+        for b in m.blocks:
+            b.cms.log_lr.add_(0.1)
+    want = 0.4 * math.exp(0.3)
+    assert all(abs(float(s) - want) < 1e-6 for s in m.blocks[1].cms.step_sizes() if s is not None)
+    m_fixed = model(lr=want)
+    m_fixed.load_state_dict({k: v for k, v in m.state_dict().items() if "log_lr" not in k})
+    tokens = torch.randint(0, 23, (2, 3 * SEG))
+    torch.testing.assert_close(m.read(tokens)[0], m_fixed.read(tokens)[0], rtol=0, atol=1e-6)
+    with pytest.raises(HopeError, match="cms_meta_gain"):
+        model(lr=0.4, cms_meta=True, cms_meta_gain=0.0)
 
 
 def test_meta_needs_a_positive_start():
