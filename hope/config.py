@@ -22,7 +22,10 @@ from typing import Any
 
 from hope.errors import HopeError
 
-CONFIG_FORMAT = 2  # 2: issue 14 changed Hope's main-memory defaults (HopeConfig.FORMAT1_DEFAULTS)
+# 2: issue 14 changed Hope's main-memory defaults (HopeConfig.FORMAT1_DEFAULTS); 3: issue 13 made the
+# full gradient within a training sequence the default (`train.tbptt` false; FORMAT2_TRAIN_DEFAULTS)
+CONFIG_FORMAT = 3
+FORMAT2_TRAIN_DEFAULTS = {"tbptt": True}
 MODEL_CONFIGS: dict[str, type] = {}  # arch name -> config dataclass, filled by hope.models
 
 
@@ -68,7 +71,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     stateful: bool = False  # batch rows are contiguous streams whose in-context state carries across steps
     sampler: str = "random"  # random: windows at random offsets | disjoint: a shuffled order of non-overlapping windows
-    tbptt: bool = True  # CMS models: cut the mixers' graph at CMS segment boundaries (False: full gradient)
+    tbptt: bool = False  # CMS models: cut the mixers' graph at CMS segment boundaries (False: full gradient)
     parallel: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (FSDP2, sharded; hope/parallel.py)
     trainable: str = "all"  # parameters the outer optimizer trains: all, or some of cms,mixer,norm,embed (TRAINABLE)
 
@@ -177,17 +180,21 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        """A config from its dict. A dict without `format` (written before format 2, or by hand) takes
-        the model defaults of format 1 for the fields it lacks (`FORMAT1_DEFAULTS` of the model's
-        config class: the defaults a changed design had before), so old runs load as trained."""
+        """A config from its dict. A dict of an older format (none: written before format 2, or by
+        hand) takes the defaults of its format for the fields it lacks (`FORMAT1_DEFAULTS` of the model's
+        config class, `FORMAT2_TRAIN_DEFAULTS`: the defaults a changed design had before), so old runs
+        load and resume as trained."""
         model_cls = model_config_class(d["arch"])
-        model = d.get("model", {})
-        if "format" not in d:
+        model, train = d.get("model", {}), d.get("train", {})
+        fmt = d.get("format", 1)
+        if fmt not in (1, 2, CONFIG_FORMAT):
+            raise HopeError(f"config format {fmt!r} is not one this version reads (1 to {CONFIG_FORMAT})")
+        if fmt < 2:
             model = {**getattr(model_cls, "FORMAT1_DEFAULTS", {}), **model}
-        elif d["format"] != CONFIG_FORMAT:
-            raise HopeError(f"config format {d['format']!r} is not one this version reads ({CONFIG_FORMAT})")
+        if fmt < 3:
+            train = {**FORMAT2_TRAIN_DEFAULTS, **train}
         return cls(arch=d["arch"], model=_build(model_cls, model, "model"),
-                   train=_build(TrainConfig, d.get("train", {}), "train"),
+                   train=_build(TrainConfig, train, "train"),
                    data=_build(DataConfig, d.get("data", {}), "data"))
 
     def save(self, path) -> None:

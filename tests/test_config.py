@@ -71,3 +71,16 @@ def test_config_without_format_loads_hope_as_trained_before_the_change():
     assert Config.from_dict(new.to_dict()) == new
     with pytest.raises(HopeError, match="config format 9"):
         Config.from_dict({**new.to_dict(), "format": 9})
+
+
+def test_format_2_runs_resume_with_the_truncated_gradient_they_trained_with():
+    """Format 3 made the full gradient within a training sequence the default (`train.tbptt` false);
+    a format-2 file without the key trained truncated and keeps doing so."""
+    new = get_recipe("hope_attention_debug")
+    assert new.train.tbptt is False
+    old = {**new.to_dict(), "format": 2}
+    del old["train"]["tbptt"]
+    assert Config.from_dict(old).train.tbptt is True
+    old["train"]["tbptt"] = False                          # a stored value wins
+    assert Config.from_dict(old).train.tbptt is False
+    assert Config.from_dict(new.to_dict()).train.tbptt is False

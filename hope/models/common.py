@@ -13,13 +13,13 @@ that lets the CMS learn in context (SPEC 4.3).
 `forward_backward(model, x, y, state, loss_norm)` is the training step of every model: in segments of
 the shortest CMS period, forward, the gradient of the segment's loss with respect to the fast
 weights, then the CMS step. Three modes:
-* truncated, first-order (`truncate=True`, `model.cms_meta=false`, the default): a backward
-  per segment; state crossing a segment boundary is carried detached (a fresh state keeps its link
-  to the meta-learned initial states in the first one);
-* full gradient (`truncate=False`, `train.tbptt=false`): the mixers' state keeps its graph across the
-  segments, each segment's CMS gradient is taken with `torch.autograd.grad(..., retain_graph=True)`,
-  and one backward of the whole sequence's loss follows; the CMS update is still a constant
-  (first-order);
+* full gradient, first-order (`truncate=False`, `train.tbptt=false`, the default, SPEC 4.3): the
+  mixers' state keeps its graph across the segments, each segment's CMS gradient is taken with
+  `torch.autograd.grad(..., retain_graph=True)`, and one backward of the whole sequence's loss
+  follows; the CMS update is a constant;
+* truncated, first-order (`truncate=True`, `train.tbptt=true`): a backward per segment; state
+  crossing a segment boundary is carried detached (a fresh state keeps its link to the meta-learned
+  initial states in the first one); less memory, and much worse models (docs/DEVIATIONS.md);
 * meta-learned (`model.cms_meta=true`): as the full gradient, and the CMS update stays in the graph
   (`create_graph=True`): the outer gradient flows through every fast-weight step into earlier
   segments and reaches the learned step sizes (second order). With `truncate`, only the mixers'
@@ -202,7 +202,7 @@ class CMSLanguageModel(nn.Module):
 
 
 def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: float, autocast=contextlib.nullcontext,
-                     no_sync=contextlib.nullcontext, raw_model=None, truncate: bool = True):
+                     no_sync=contextlib.nullcontext, raw_model=None, truncate: bool = False):
     """One micro-step of training: forward, loss, backward (and the CMS steps of a learning CMS).
 
     Args:
