@@ -196,7 +196,7 @@ def register(subparsers) -> None:
     q.add_argument("--state", default=None, help="a learned-state file (hope learn): every window starts from it")
     q.add_argument("--dynamic", action="store_true",
                    help="also dynamic evaluation (Krause et al.): an SGD step on every window after scoring it")
-    q.add_argument("--dynamic-lr", default="auto", help="its learning rate, or auto: the best of 0 and 1e-5..1e-1 "
+    q.add_argument("--dynamic-lr", default="auto", help="its learning rate, or auto: the best of 0 and 1e-5..1 "
                    "on the validation split (default auto)")
     q.add_argument("--dynamic-params", default="all", help="parameters it trains: all, or a subset of "
                    "cms,mixer,norm,embed (cms: the CMS levels / Transformer++'s MLPs)")

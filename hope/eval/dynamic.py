@@ -23,7 +23,7 @@ from hope.config import parse_groups, trainable_group
 from hope.errors import HopeError
 from hope.eval.scoring import _nll
 
-DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
 def chosen_parameters(model, params: str) -> list[torch.nn.Parameter]:
