@@ -21,6 +21,8 @@ long) in windows of the training length, every window read from a fresh state as
 * learning, carried: as learning, but each window's CMS starts from where the previous window's left
   it (the mixers still start fresh), so the CMS adapts across the whole stream as dynamic evaluation
   does (`carried_cms_nll`);
+* learning, carried, steps x tuned: the same with every CMS step size multiplied by the best of
+  `STEP_SCALES` on the first `--tune-tokens` validation tokens (the freedom dynamic evaluation has);
 * dynamic (Krause et al.): after scoring each window, one SGD step on all parameters with that
   window's loss, carried across the whole stream; its learning rate is the best of
   `hope.eval.dynamic.DEFAULT_LRS` (and 0) on the first `--tune-tokens` validation tokens.
@@ -32,6 +34,7 @@ the learned CMS step sizes per block and level (meta rows). Writes `results.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -89,7 +92,8 @@ def step_sizes(model) -> dict:
     for i, block in enumerate(getattr(model, "blocks", [])):
         cms = getattr(block, "cms", None)
         if getattr(cms, "meta", False):
-            out[str(i)] = [round(float(v), 5) for v in cms.step_sizes() if v is not None]
+            with torch.no_grad():
+                out[str(i)] = [round(float(v), 5) for v in cms.step_sizes() if v is not None]
     return out
 
 
@@ -111,6 +115,29 @@ def carried_cms_nll(model, ids: torch.Tensor, window: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+STEP_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)  # test-time multipliers of the CMS step sizes (tuned)
+
+
+@contextlib.contextmanager
+def scaled_steps(model, scale: float):
+    """Every CMS level of `model` steps `scale` times its own step size inside the block."""
+    saved = [(b.cms.lr, b.cms.log_lr.detach().clone() if b.cms.meta else None) for b in model.blocks]
+    try:
+        with torch.no_grad():
+            for b in model.blocks:
+                if b.cms.meta:
+                    b.cms.log_lr.add_(math.log(scale) / b.cms.meta_gain)
+                else:
+                    b.cms.lr = b.cms.lr * scale
+        yield
+    finally:
+        with torch.no_grad():
+            for b, (lr, log_lr) in zip(model.blocks, saved):
+                b.cms.lr = lr
+                if log_lr is not None:
+                    b.cms.log_lr.copy_(log_lr)
+
+
 def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch_size: int = 8) -> dict:
     """The figures of a trained run on its corpus's validation stream after the first `tune_tokens`
     tokens (module docstring), each cached in RUN/eval/cms_table.json under the settings it used."""
@@ -128,7 +155,8 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.cfg
     window = cfg.train.seq_len
     learns = getattr(model, "cms_segment", None) is not None
-    wanted = {"frozen": {}, "learning": {}, "learning_carried": {}, "dynamic": {"lrs": list(DEFAULT_LRS)}}
+    wanted = {"frozen": {}, "learning": {}, "learning_carried": {}, "learning_carried_tuned": {"scales": list(STEP_SCALES)},
+              "dynamic": {"lrs": list(DEFAULT_LRS)}}
     wanted = {m: {"tune_tokens": tune_tokens, "eval_tokens": eval_tokens, "window": window, **k}
               for m, k in wanted.items() if (m != "dynamic" or dynamic) and (not m.startswith("learning") or learns)}
     todo = [m for m, k in wanted.items() if cached["modes"].get(m, {}).get("key") != k]
@@ -147,6 +175,20 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
             res = summarize(independent_nll(model, held, window, batch_size, learn=True), held[1:], tok.token_bytes)
         elif mode == "learning_carried":
             res = summarize(carried_cms_nll(model, held, window), held[1:], tok.token_bytes)
+        elif mode == "learning_carried_tuned":
+            # the freedom dynamic evaluation has: the step sizes scaled by the best of STEP_SCALES on
+            # the tuning tokens (whose length is cut to whole windows)
+            tune_w = tune[:(tune.numel() - 1) // window * window + 1]
+            losses = {}
+            for scale in STEP_SCALES:
+                with scaled_steps(model, scale):
+                    loss = float(carried_cms_nll(model, tune_w, window).mean())
+                losses[scale] = loss if math.isfinite(loss) else float("inf")
+                print(f"  CMS step x {scale:g}: validation loss {loss:.4f}")
+            best = min(losses, key=losses.get)
+            with scaled_steps(model, best):
+                res = summarize(carried_cms_nll(model, held, window), held[1:], tok.token_bytes)
+            res.update(scale=best, tuning={str(k): v for k, v in losses.items()})
         else:
             lr, losses = tune_lr(model, tune, window)
             res = {**summarize(dynamic_nll(model, held, window, lr), held[1:], tok.token_bytes), "lr": lr,
@@ -166,17 +208,19 @@ def _ppl(r: dict, mode: str) -> str:
 
 def write_table(rows: list[dict], out: Path, setting: str) -> str:
     lines = ["| row | params | tokens | val ppl (training's validation) | frozen | learning | learning, carried "
-             "| dynamic eval (lr) | tokens/s | learned step sizes (block: slow, fast) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| learning, carried, steps x tuned | dynamic eval (lr) | tokens/s | learned step sizes (block: slow, fast) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | | | {r['error']} | | | | | | |")
+            lines.append(f"| {r['label']} | | | {r['error']} | | | | | | | |")
             continue
         val = f"{r['val_ppl']:.2f}" + (f" ({r['val_ppl_frozen']:.2f} frozen)" if r.get("val_ppl_frozen") else "")
         dyn = r.get("eval", {}).get("dynamic")
+        tuned = r.get("eval", {}).get("learning_carried_tuned")
         sizes = r.get("eval", {}).get("step_sizes") or {}
         lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {val} | "
                      f"{_ppl(r, 'frozen')} | {_ppl(r, 'learning')} | {_ppl(r, 'learning_carried')} | "
+                     + (f"{tuned['ppl']:.2f} (x{tuned['scale']:g})" if tuned else "-") + " | "
                      + (f"{dyn['ppl']:.2f} ({dyn['lr']:g})" if dyn else "-")
                      + f" | {r['tokens_per_s']:,.0f} | "
                      + "; ".join(f"{b}: {', '.join(f'{s:.4f}' for s in v)}" for b, v in sizes.items()) + " |")

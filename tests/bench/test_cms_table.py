@@ -1,0 +1,56 @@
+"""benchmarks/cms_table.py: the CMS carried across an evaluation stream, and its test-time step scale."""
+
+import pytest
+import torch
+from conftest import load_benchmark
+
+from hope.eval.scoring import independent_nll
+from hope.models import HopeAttention, HopeAttentionConfig
+
+W = 8
+
+
+@pytest.fixture
+def table():
+    return load_benchmark("cms_table")
+
+
+def model(meta: bool):
+    torch.manual_seed(0)
+    cfg = HopeAttentionConfig(vocab_size=23, d_model=16, n_layers=2, n_heads=2, max_seq_len=64,
+                              cms_periods=(None, W, W // 2), cms_hidden=8, cms_lr=0.5, cms_meta=meta)
+    return HopeAttention(cfg).double().eval()
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["first_order", "meta"])
+def test_carried_cms_reads_the_first_window_as_independent_and_carries_after(table, meta):
+    m = model(meta)
+    ids = torch.randint(0, 23, (4 * W + 1,))
+    carried = table.carried_cms_nll(m, ids, W)
+    alone = independent_nll(m, ids, W, learn=True)
+    torch.testing.assert_close(carried[:W], alone[:W], rtol=0, atol=1e-5)  # float32 logits
+    assert (carried[W:] - alone[W:]).abs().max() > 1e-4  # later windows start from the learned CMS
+    with pytest.raises(Exception, match="whole number"):
+        table.carried_cms_nll(m, ids[:-1], W)
+
+
+def sizes(m):
+    with torch.no_grad():
+        return [[None if s is None else float(s) for s in b.cms.step_sizes()] for b in m.blocks]
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["first_order", "meta"])
+def test_scaled_steps_multiplies_every_step_size_and_restores_them(table, meta):
+    m = model(meta)
+    before = sizes(m)
+    ids = torch.randint(0, 23, (2 * W + 1,))
+    with table.scaled_steps(m, 10.0):
+        scaled = sizes(m)
+        loss_scaled = table.carried_cms_nll(m, ids, W)
+    for b0, b1 in zip(before, scaled):
+        for s0, s1 in zip(b0, b1):
+            assert (s0 is None and s1 is None) or s1 == pytest.approx(10 * s0, rel=1e-6)
+    assert sizes(m) == before
+    assert (loss_scaled - table.carried_cms_nll(m, ids, W)).abs().max() > 1e-4
+    if meta:
+        assert table.step_sizes(m) == {str(i): [round(s, 5) for s in b if s is not None] for i, b in enumerate(before)}
