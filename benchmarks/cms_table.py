@@ -73,7 +73,7 @@ ROWS = {
                               ["model.cms_meta=false", "train.tbptt=false"]),
     "hope_meta": ("Hope, CMS meta-learned step", "hope", ["model.cms_meta=true", "train.tbptt=false"]),
 }
-DYNAMIC_ROWS = ("transformer", "ha_no_cms")  # CMS-free models the anchor is run on
+DYNAMIC_ROWS = ("transformer", "ha_no_cms", "hope_no_cms")  # CMS-free models the anchor is run on
 
 
 
