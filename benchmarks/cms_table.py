@@ -115,7 +115,7 @@ def carried_cms_nll(model, ids: torch.Tensor, window: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-STEP_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)  # test-time multipliers of the CMS step sizes (tuned)
+STEP_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # test-time multipliers of the CMS step sizes (tuned)
 
 
 @contextlib.contextmanager
