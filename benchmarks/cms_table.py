@@ -186,6 +186,8 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
                 losses[scale] = loss if math.isfinite(loss) else float("inf")
                 print(f"  CMS step x {scale:g}: validation loss {loss:.4f}")
             best = min(losses, key=losses.get)
+            if best == STEP_SCALES[-1]:
+                print(f"  warning: the best CMS step scale is the largest tried ({best:g})")
             with scaled_steps(model, best):
                 res = summarize(carried_cms_nll(model, held, window), held[1:], tok.token_bytes)
             res.update(scale=best, tuning={str(k): v for k, v in losses.items()})
