@@ -67,21 +67,23 @@ def _with_model(base_recipe, arch: str, **model_fields) -> Config:
 
 
 # CMS widths are chosen so that parameter counts match the Transformer's of the same size within 5%
-# (tests/test_recipes.py checks it); periods and chunk sizes are explained in docs/DEVIATIONS.md.
+# (tests/test_recipes.py checks it); periods and chunk sizes are explained in docs/DEVIATIONS.md. The
+# recipes learn the CMS step sizes (`cms_meta`, issue 13), except the debug ones, which stay first-order
+# for speed (tests, smoke runs).
 def hope_attention_debug() -> Config:
     return _with_model(debug, "hope_attention", cms_periods=(None, 32, 16), cms_hidden=64)
 
 
 def hope_attention_tiny() -> Config:
-    return _with_model(tiny, "hope_attention", cms_periods=(None, 64, 32), cms_hidden=176)
+    return _with_model(tiny, "hope_attention", cms_periods=(None, 64, 32), cms_hidden=176, cms_meta=True)
 
 
 def hope_attention_small() -> Config:
-    return _with_model(small, "hope_attention", cms_periods=(None, 512, 256), cms_hidden=464)
+    return _with_model(small, "hope_attention", cms_periods=(None, 512, 256), cms_hidden=464, cms_meta=True)
 
 
 def hope_attention_base() -> Config:
-    return _with_model(base, "hope_attention", cms_periods=(None, 1024, 512), cms_hidden=688)
+    return _with_model(base, "hope_attention", cms_periods=(None, 1024, 512), cms_hidden=688, cms_meta=True)
 
 
 def titans_debug() -> Config:
