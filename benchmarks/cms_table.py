@@ -27,8 +27,8 @@ long) in windows of the training length, every window read from a fresh state as
   window's loss, carried across the whole stream; its learning rate is the best of
   `hope.eval.dynamic.DEFAULT_LRS` (and 0) on the first `--tune-tokens` validation tokens.
 Also reported: the last validation figures of training (`val_ppl`, `val_ppl_frozen`), tokens/s and
-the learned CMS step sizes per block and level (meta rows). Writes `results.json` and
-`results.md` to `--out`.
+the learned CMS step sizes per block and level (meta rows). Writes `results.json`, `results.md` and
+`val_curves.png` (validation perplexity during training) to `--out`.
 """
 
 from __future__ import annotations
@@ -233,6 +233,36 @@ def write_table(rows: list[dict], out: Path, setting: str) -> str:
     return table
 
 
+def plot(rows: list[dict], out: Path) -> None:
+    """Validation perplexity during training, one line per row (learning; dashed: frozen)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install 'hope-nl[plot]')")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for r in rows:
+        if "error" in r:
+            continue
+        recs = [json.loads(line) for line in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines() if line]
+        val = [(x["tokens"], x["val_ppl"]) for x in recs if "val_ppl" in x]
+        line, = ax.plot(*zip(*val), "o-", ms=3, label=r["label"])
+        frozen = [(x["tokens"], x["val_ppl_frozen"]) for x in recs if "val_ppl_frozen" in x]
+        if frozen:
+            ax.plot(*zip(*frozen), "--", color=line.get_color(), lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation perplexity (dashed: CMS frozen)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "val_curves.png")
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", default="ctx128", choices=sorted(SETTINGS))
@@ -272,8 +302,10 @@ def main() -> None:
             write_table([done[n] for n in ROWS if n in done], out, args.setting)
     except HopeError as e:
         raise SystemExit(f"error: {e}") from None
-    print(write_table([done[n] for n in ROWS if n in done], out, args.setting))
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}")
+    rows = [done[n] for n in ROWS if n in done]
+    print(write_table(rows, out, args.setting))
+    plot(rows, out)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'val_curves.png'}")
 
 
 if __name__ == "__main__":
