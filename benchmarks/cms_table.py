@@ -138,7 +138,11 @@ def scaled_steps(model, scale: float):
                     b.cms.log_lr.copy_(log_lr)
 
 
-def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch_size: int = 8) -> dict:
+MODES = ("frozen", "learning", "learning_carried", "learning_carried_tuned", "dynamic")
+
+
+def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch_size: int = 8,
+             modes: tuple = MODES) -> dict:
     """The figures of a trained run on its corpus's validation stream after the first `tune_tokens`
     tokens (module docstring), each cached in RUN/eval/cms_table.json under the settings it used."""
     from hope.checkpoint import atomic_write_text
@@ -159,7 +163,7 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
               "dynamic": {"lrs": list(DEFAULT_LRS)}}
     wanted = {m: {"tune_tokens": tune_tokens, "eval_tokens": eval_tokens, "window": window, **k}
               for m, k in wanted.items() if (m != "dynamic" or dynamic) and (not m.startswith("learning") or learns)}
-    todo = [m for m, k in wanted.items() if cached["modes"].get(m, {}).get("key") != k]
+    todo = [m for m, k in wanted.items() if m in modes and cached["modes"].get(m, {}).get("key") != k]
     if todo:
         _, _, docs = eval_documents(cfg.data.corpus, "validation", cfg)
         ids = stream_ids(docs, tok)
@@ -198,7 +202,7 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
         cached["modes"][mode] = {"key": wanted[mode], "results": res}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(cached, indent=2) + "\n")
-    out = {m: cached["modes"][m]["results"] for m in wanted}
+    out = {m: cached["modes"][m]["results"] for m in wanted if cached["modes"].get(m, {}).get("key") == wanted[m]}
     out["step_sizes"] = step_sizes(model)
     return out
 
@@ -272,10 +276,15 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=65_536, help="validation tokens evaluated after them")
     ap.add_argument("--quick", action="store_true", help="debug recipes, 8K tokens, small evaluation: a smoke run")
     ap.add_argument("--set", nargs="+", default=[], help="more overrides for every row")
+    ap.add_argument("--eval-modes", default=",".join(MODES),
+                    help="evaluations to compute now (others are read from the cache or left out): " + ", ".join(MODES))
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    modes = tuple(m.strip() for m in args.eval_modes.split(",") if m.strip())
+    if set(modes) - set(MODES):
+        raise SystemExit(f"error: unknown --eval-modes {', '.join(sorted(set(modes) - set(MODES)))}; modes are {', '.join(MODES)}")
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown row(s) {', '.join(unknown)}; rows are {', '.join(ROWS)}")
@@ -297,7 +306,7 @@ def main() -> None:
             r = run_one(arch, size, tokens, out, sets + overrides, name=name)
             r.update(row=name, label=label)
             if "error" not in r:
-                r["eval"] = evaluate(Path(r["run"]), name in DYNAMIC_ROWS, tune, held)
+                r["eval"] = evaluate(Path(r["run"]), name in DYNAMIC_ROWS, tune, held, modes=modes)
             done[name] = r
             write_table([done[n] for n in ROWS if n in done], out, args.setting)
     except HopeError as e:
