@@ -76,7 +76,6 @@ ROWS = {
 DYNAMIC_ROWS = ("transformer", "ha_no_cms", "hope_no_cms")  # CMS-free models the anchor is run on
 
 
-
 def per_step(size: str, sets: list[str]) -> int:
     """Training tokens per step of the tiny (or debug) Transformer++ recipe under `sets`."""
     from hope.config import apply_overrides
@@ -147,7 +146,7 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
     tokens (module docstring), each cached in RUN/eval/cms_table.json under the settings it used."""
     from hope.checkpoint import atomic_write_text
     from hope.eval.common import eval_documents
-    from hope.eval.dynamic import dynamic_nll, tune_lr
+    from hope.eval.dynamic import best_on_grid, dynamic_nll, tune_lr
     from hope.eval.scoring import independent_nll, stream_ids, summarize
     from hope.runs import load_run
 
@@ -183,15 +182,12 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
             # the freedom dynamic evaluation has: the step sizes scaled by the best of STEP_SCALES on
             # the tuning tokens (whose length is cut to whole windows)
             tune_w = tune[:(tune.numel() - 1) // window * window + 1]
-            losses = {}
-            for scale in STEP_SCALES:
+
+            def tuning_loss(scale):
                 with scaled_steps(model, scale):
-                    loss = float(carried_cms_nll(model, tune_w, window).mean())
-                losses[scale] = loss if math.isfinite(loss) else float("inf")
-                print(f"  CMS step x {scale:g}: validation loss {loss:.4f}")
-            best = min(losses, key=losses.get)
-            if best == STEP_SCALES[-1]:
-                print(f"  warning: the best CMS step scale is the largest tried ({best:g})")
+                    return carried_cms_nll(model, tune_w, window).mean()
+
+            best, losses = best_on_grid(STEP_SCALES, tuning_loss, label="CMS step x")
             with scaled_steps(model, best):
                 res = summarize(carried_cms_nll(model, held, window), held[1:], tok.token_bytes)
             res.update(scale=best, tuning={str(k): v for k, v in losses.items()})

@@ -9,6 +9,7 @@ same batches as an uninterrupted one without saving sampler state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,14 +63,18 @@ def prepare_tokens(corpus, tokenizer) -> dict[str, np.ndarray]:
     return out
 
 
+def _windows(data: np.ndarray, starts: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows `data[s : s + seq_len + 1]` as inputs x and next-token targets y, [B, T] int64."""
+    t = torch.from_numpy(np.stack([np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+    return t[:, :-1], t[:, 1:]
+
+
 def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator):
     """Random windows: x [B, T] and targets y [B, T] (x shifted by one), int64."""
     if len(data) < seq_len + 1:
         raise HopeError(f"the training split has {len(data)} tokens, fewer than train.seq_len + 1 = {seq_len + 1}")
     starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator).tolist()
-    window = np.stack([np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts])
-    t = torch.from_numpy(window)
-    return t[:, :-1], t[:, 1:]
+    return _windows(data, starts, seq_len)
 
 
 def get_disjoint_batch(data: np.ndarray, batch_size: int, seq_len: int, seed: int, index: int):
@@ -82,17 +87,12 @@ def get_disjoint_batch(data: np.ndarray, batch_size: int, seq_len: int, seed: in
         raise HopeError(f"the training split has {len(data)} tokens, fewer than train.seq_len + 1 = {seq_len + 1}")
     order = _window_order(n, seed)
     starts = [int(order[(index * batch_size + b) % n]) * seq_len for b in range(batch_size)]
-    t = torch.from_numpy(np.stack([np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
-    return t[:, :-1], t[:, 1:]
+    return _windows(data, starts, seq_len)
 
 
-_ORDERS: dict = {}
-
-
+@functools.lru_cache(maxsize=4)
 def _window_order(n: int, seed: int) -> np.ndarray:
-    if (n, seed) not in _ORDERS:
-        _ORDERS[(n, seed)] = np.random.default_rng(seed).permutation(n)
-    return _ORDERS[(n, seed)]
+    return np.random.default_rng(seed).permutation(n)
 
 
 def get_stream_batch(data: np.ndarray, batch_size: int, seq_len: int, step: int, index: int, n_groups: int):
@@ -104,8 +104,7 @@ def get_stream_batch(data: np.ndarray, batch_size: int, seq_len: int, step: int,
         raise HopeError(f"the training split has {len(data)} tokens, fewer than train.seq_len + 1 = {seq_len + 1}")
     n_streams = batch_size * n_groups
     starts = [((index * batch_size + b) * (span // n_streams) + (step - 1) * seq_len) % span for b in range(batch_size)]
-    t = torch.from_numpy(np.stack([np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
-    return t[:, :-1], t[:, 1:]
+    return _windows(data, starts, seq_len)
 
 
 def val_windows(data: np.ndarray, seq_len: int, max_tokens: int) -> torch.Tensor:

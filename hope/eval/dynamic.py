@@ -99,16 +99,23 @@ def dynamic_nll(model, ids: torch.Tensor, window: int, lr: float, params: str = 
     return out
 
 
+def best_on_grid(values, loss_of, log=print, label: str = "value") -> tuple[float, dict]:
+    """The value of `values` with the lowest `loss_of(value)` (a non-finite loss counts as infinite);
+    returns (value, {value: loss}), and warns when the best is the largest value tried."""
+    losses = {}
+    for v in values:
+        loss = float(loss_of(v))
+        losses[v] = loss if math.isfinite(loss) else float("inf")
+        log(f"  {label} {v:g}: validation loss {loss:.4f}")
+    best = min(losses, key=losses.get)
+    if best == max(values):
+        log(f"  warning: the best {label} is the largest tried ({best:g}); try larger ones")
+    return best, losses
+
+
 def tune_lr(model, ids: torch.Tensor, window: int, params: str = "all", streams: int = 1,
             lrs: tuple[float, ...] = DEFAULT_LRS, log=print) -> tuple[float, dict]:
     """The learning rate of `lrs` (and 0: no adaptation) with the lowest mean loss on the validation
     stream `ids`; returns (lr, {lr: loss})."""
-    losses = {}
-    for lr in (0.0, *lrs):
-        loss = float(dynamic_nll(model, ids, window, lr, params, streams).double().mean())
-        losses[lr] = loss if math.isfinite(loss) else float("inf")
-        log(f"  dynamic lr {lr:g}: validation loss {loss:.4f}")
-    best = min(losses, key=losses.get)
-    if best == max(lrs):
-        log(f"  warning: the best dynamic learning rate is the largest tried ({best:g}); try larger ones")
-    return best, losses
+    return best_on_grid((0.0, *lrs), lambda lr: dynamic_nll(model, ids, window, lr, params, streams).double().mean(),
+                        log, "dynamic lr")
