@@ -526,4 +526,12 @@ if __name__ == "__main__":
     # never the reverse (this block runs only when the file is the program)
     from hope.cli import main
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    code = main(["train", *sys.argv[1:]])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun worker whose run is over leaves without the interpreter's teardown: under load, a static
+        # destructor behind the (already destroyed) gloo group aborts it at exit with "terminate called without
+        # an active exception" (no Python frame left), which torchrun reports as a failed run
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
