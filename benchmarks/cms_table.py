@@ -47,6 +47,7 @@ from compare import run_one  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from hope.checkpoint import atomic_write_text  # noqa: E402
 from hope.errors import HopeError  # noqa: E402
 from hope.eval.dynamic import DEFAULT_LRS  # noqa: E402
 
@@ -144,7 +145,6 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
              modes: tuple = MODES) -> dict:
     """The figures of a trained run on its corpus's validation stream after the first `tune_tokens`
     tokens (module docstring), each cached in RUN/eval/cms_table.json under the settings it used."""
-    from hope.checkpoint import atomic_write_text
     from hope.eval.common import eval_documents
     from hope.eval.dynamic import best_on_grid, dynamic_nll, tune_lr
     from hope.eval.scoring import independent_nll, stream_ids, summarize
@@ -227,9 +227,9 @@ def write_table(rows: list[dict], out: Path, setting: str) -> str:
                      + f" | {r['tokens_per_s']:,.0f} | "
                      + "; ".join(f"{b}: {', '.join(f'{s:.4f}' for s in v)}" for b, v in sizes.items()) + " |")
     table = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(f"Setting `{setting}` ({SETTINGS[setting]}); command: "
+    atomic_write_text(out / "results.md", f"Setting `{setting}` ({SETTINGS[setting]}); command: "
                                     f"`python benchmarks/cms_table.py --setting {setting} --out {out}`\n\n" + table)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     return table
 
 
@@ -293,9 +293,13 @@ def main() -> None:
         sets = [s for s in sets if not s.startswith("train.batch_size")]
     steps = math.ceil(tokens / per_step(size, sets))
     sets = ["train.eval_tokens=16384", f"train.eval_every={max(1, math.ceil(steps / 3))}", *sets]
-    done = {}
-    if (out / "results.json").exists():  # rows finished by earlier invocations
-        done = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
+    def finished() -> dict:
+        # rows finished by earlier invocations, or by one running beside this one on other rows: read
+        # again before every write, so two invocations on disjoint rows do not drop each other's rows
+        path = out / "results.json"
+        return {r["row"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+    mine = {}
     try:
         for name in names:
             label, arch, overrides = ROWS[name]
@@ -303,10 +307,12 @@ def main() -> None:
             r.update(row=name, label=label)
             if "error" not in r:
                 r["eval"] = evaluate(Path(r["run"]), name in DYNAMIC_ROWS, tune, held, modes=modes)
-            done[name] = r
+            mine[name] = r
+            done = {**finished(), **mine}
             write_table([done[n] for n in ROWS if n in done], out, args.setting)
     except HopeError as e:
         raise SystemExit(f"error: {e}") from None
+    done = {**finished(), **mine}
     rows = [done[n] for n in ROWS if n in done]
     print(write_table(rows, out, args.setting))
     plot(rows, out)

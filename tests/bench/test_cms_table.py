@@ -54,3 +54,33 @@ def test_scaled_steps_multiplies_every_step_size_and_restores_them(table, meta):
     assert (loss_scaled - table.carried_cms_nll(m, ids, W)).abs().max() > 1e-4
     if meta:
         assert table.step_sizes(m) == {str(i): [round(s, 5) for s in b if s is not None] for i, b in enumerate(before)}
+
+
+def test_invocations_on_disjoint_rows_keep_each_others_rows(table, tmp_path, monkeypatch):
+    """Two invocations of the table on different rows at once (one per core) share results.json: each
+    reads it again before writing, so neither drops a row the other finished meanwhile."""
+    import json
+
+    def fake_row(name):
+        run = tmp_path / name
+        run.mkdir(exist_ok=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"tokens": 10, "val_ppl": 100.0}) + "\n")
+        return {"arch": "x", "params": 1e6, "tokens": 10, "val_ppl": 100.0, "tokens_per_s": 1.0, "run": str(run)}
+
+    def other_invocation_finishes(row):
+        path = tmp_path / "results.json"
+        rows = json.loads(path.read_text()) if path.exists() else []
+        rows = [*rows, {**fake_row(row), "row": row, "label": row, "eval": {}}]
+        path.write_text(json.dumps(rows))
+
+    def run_one(arch, size, tokens, out, overrides, name):
+        other_invocation_finishes({"ha_no_cms": "transformer", "ha_static": "hope_meta"}[name])
+        return fake_row(name)
+
+    monkeypatch.setattr(table, "run_one", run_one)
+    monkeypatch.setattr(table, "evaluate", lambda *a, **k: {})
+    monkeypatch.setattr("sys.argv", ["cms_table.py", "--rows", "ha_no_cms,ha_static", "--out", str(tmp_path)])
+    table.main()
+    rows = [r["row"] for r in json.loads((tmp_path / "results.json").read_text())]
+    assert rows == ["transformer", "ha_no_cms", "ha_static", "hope_meta"]  # in the table's order
+    assert "hope_meta" in (tmp_path / "results.md").read_text()
