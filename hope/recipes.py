@@ -68,8 +68,9 @@ def _with_model(base_recipe, arch: str, **model_fields) -> Config:
 
 # CMS widths are chosen so that parameter counts match the Transformer's of the same size within 5%
 # (tests/test_recipes.py checks it); periods and chunk sizes are explained in docs/DEVIATIONS.md. The
-# recipes learn the CMS step sizes (`cms_meta`, issue 13), except the debug ones, which stay first-order
-# for speed (tests, smoke runs).
+# Hope-Attention recipes learn the CMS step sizes (`cms_meta`, issue 13), except the debug one, which
+# stays first-order for speed (tests, smoke runs); Hope's stay first-order, where the learned step
+# measured worse (docs/cms.md).
 def hope_attention_debug() -> Config:
     return _with_model(debug, "hope_attention", cms_periods=(None, 32, 16), cms_hidden=64)
 
