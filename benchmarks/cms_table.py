@@ -162,7 +162,10 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
               "dynamic": {"lrs": list(DEFAULT_LRS)}}
     wanted = {m: {"tune_tokens": tune_tokens, "eval_tokens": eval_tokens, "window": window, **k}
               for m, k in wanted.items() if (m != "dynamic" or dynamic) and (not m.startswith("learning") or learns)}
-    todo = [m for m, k in wanted.items() if m in modes and cached["modes"].get(m, {}).get("key") != k]
+    def current(m):  # cached under the settings this call wants
+        return cached["modes"].get(m, {}).get("key") == wanted[m]
+
+    todo = [m for m in wanted if m in modes and not current(m)]
     if todo:
         _, _, docs = eval_documents(cfg.data.corpus, "validation", cfg)
         ids = stream_ids(docs, tok)
@@ -198,7 +201,7 @@ def evaluate(run: Path, dynamic: bool, tune_tokens: int, eval_tokens: int, batch
         cached["modes"][mode] = {"key": wanted[mode], "results": res}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(cached, indent=2) + "\n")
-    out = {m: cached["modes"][m]["results"] for m in wanted if cached["modes"].get(m, {}).get("key") == wanted[m]}
+    out = {m: cached["modes"][m]["results"] for m in wanted if current(m)}
     out["step_sizes"] = step_sizes(model)
     return out
 
@@ -293,6 +296,7 @@ def main() -> None:
         sets = [s for s in sets if not s.startswith("train.batch_size")]
     steps = math.ceil(tokens / per_step(size, sets))
     sets = ["train.eval_tokens=16384", f"train.eval_every={max(1, math.ceil(steps / 3))}", *sets]
+
     def finished() -> dict:
         # rows finished by earlier invocations, or by one running beside this one on other rows: read
         # again before every write, so two invocations on disjoint rows do not drop each other's rows
