@@ -6,7 +6,8 @@ Shared by `throughput.py` (whole training steps) and `ops.py` (one memory op).
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 # profiler events that move no data (views, metadata, allocations) are not counted as kernels
 NOT_KERNELS = {"view", "as_strided", "reshape", "_reshape_alias", "expand", "transpose", "permute",
@@ -44,11 +45,30 @@ def kernel_calls(fn) -> int:
     return n
 
 
+class _FlopCount(TorchDispatchMode):
+    """Sum of the FLOPs torch's flop counter knows (matmuls, convolutions, attention) of every op
+    dispatched under it. `FlopCounterMode` itself also tracks modules with backward hooks, which
+    `torch.autograd.grad` rejects ("A leaf node was passed to _will_engine_execute_node"), and a
+    training step with learning CMS levels takes its inner gradients with `autograd.grad`."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 def matmul_flops(fn) -> int:
-    """Matmul FLOPs of one call of `fn` (`FlopCounterMode`: forward and backward)."""
-    with FlopCounterMode(display=False) as fc:
+    """Matmul FLOPs of one call of `fn`, forward and backward (torch's flop formulas)."""
+    with _FlopCount() as fc:
         fn()
-    return fc.get_total_flops()
+    return fc.total
 
 
 def saved_bytes(forward) -> tuple[object, int]:
