@@ -137,16 +137,29 @@ class MemoryBank(nn.Module):
             out = torch.einsum("bnhij,btnhj->btnhi", W, xs.expand(-1, -1, n, -1, -1))
         return out.flatten(2, 3)
 
-    def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None):
+    def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None, self_target: bool = False):
         """Run the inner rule (SPEC 3) from `state`; returns (reads, new state).
 
         q: [B, T, Hq, D] queries of the last Hq of the n*H stacked heads (Hq = 0: learn only);
         k, v: [B, T, n*H, D]; the reads are [B, T, Hq, D]; dgd_eta: [B, T, n*H], the DGD gate's
-        rate under `rule.dgd_gate` (else unused).
+        rate under `rule.dgd_gate` (else unused). self_target: each token learns the target
+        `M_c(v_t)`, the memory's read of its v at the start of the token's mini-batch (SPEC 4.2),
+        formed inside the op (`self_target` of the ops); under `rule.anchor` (the op's state is
+        `W - W0`) the targets are read with `read_start` one mini-batch at a time instead.
         """
+        if self_target and self.rule.anchor:
+            outs = []
+            for t0, t1 in chunk_ranges(k.shape[1], self.rule.chunk_size, state.pos):
+                o, state = self.update(state, q[:, t0:t1], k[:, t0:t1], self.read_start(state, v[:, t0:t1]),
+                                       eta[:, t0:t1], alpha[:, t0:t1], beta[:, t0:t1],
+                                       None if dgd_eta is None else dgd_eta[:, t0:t1])
+                outs.append(o)
+            return (torch.cat(outs, dim=1) if outs else q.new_zeros(*q.shape)), state
         op = _OPS[(self.kind, self.impl)]
         eta, dgd_eta = self.rule.rates(eta, dgd_eta)
         extra = {"compile": self.compile} if self.impl == "chunk" else {}
+        if self_target:
+            extra["self_target"] = True
         if self.rule.anchor:                  # the op runs on W - W0: its l2 gradient needs v - W0 k
             W0 = self.W.flatten(0, 1).to(k.dtype)                               # [n*H, D, D]
             v = v - torch.einsum("hij,bthj->bthi", W0, k)

@@ -194,24 +194,18 @@ class SelfModifyingTitans(nn.Module):
         ks, vs, qs, etas, alphas, dgds = [], [], [], [], [], []
         for t0, t1 in chunk_ranges(T, self.proj_rule.chunk_size, proj.pos):
             k, v, q, eta, alpha, eta_proj, dgd = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
-            target = self.proj.read_start(proj, v)                      # M_box,c(v_t), every memory
             kP = k.repeat(1, 1, P, 1)                                   # every memory learns on k
-            # no queries (zero heads): the projection memories only learn, nothing is read
-            _, proj = self.proj.update(proj, kP[:, :, :0], kP, target, eta_proj,
+            # no queries (zero heads): the projection memories only learn, nothing is read; their
+            # targets M_box,c(v_t) are read inside the op (self_target), every memory reading v
+            _, proj = self.proj.update(proj, kP[:, :, :0], kP, v.repeat(1, 1, P, 1), eta_proj,
                                        alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
-                                       None if dgd is None else dgd.repeat(1, 1, P))
+                                       None if dgd is None else dgd.repeat(1, 1, P), self_target=True)
             ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha), dgds.append(dgd)
         k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
         dgd = torch.cat(dgds, dim=1) if self.dgd_gate and dgds else None
-        # the main memory: its targets M_mem,c'(v_t) need its chunk-start states, one op call per chunk
-        outs = []
-        for t0, t1 in chunk_ranges(T, self.rule.chunk_size, mem.pos):
-            target = self.memory.read_start(mem, v[:, t0:t1]) if self.self_target else v[:, t0:t1]
-            o, mem = self.memory.update(mem, q[:, t0:t1], k[:, t0:t1], target, eta[:, t0:t1],
-                                        alpha[:, t0:t1], beta[:, t0:t1],
-                                        None if dgd is None else dgd[:, t0:t1])
-            outs.append(o)
-        o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, D)
+        # the main memory, one op call for the whole call (its operators built for all chunks at
+        # once); self-generated targets M_mem,c'(v_t) are read inside the op at each chunk's start
+        o, mem = self.memory.update(mem, q, k, v, eta, alpha, beta, dgd, self_target=self.self_target)
         o = F.rms_norm(o, (D,), eps=self.eps) * self.norm_weight
         y = self.W_o(o.flatten(2) * F.silu(self.W_g(x)))
         return y, {"proj": proj, "mem": mem, "conv": conv, "t": state["t"] + T}

@@ -36,6 +36,7 @@ def chunk_linear_memory(
     dgd_eta: Optional[torch.Tensor] = None,
     recompute: bool = False,
     compile: bool = False,
+    self_target: bool = False,
 ):
     """Chunk-parallel inner rule on a linear memory; same contract as the naive form.
 
@@ -67,6 +68,9 @@ def chunk_linear_memory(
             there (`torch.utils.checkpoint`; see `chunk_mlp_memory`).
         compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
             results equal eager to float rounding (tests/ops/test_compile.py).
+        self_target: the target of token t is the memory's own read of `v_t` at its chunk-start
+            weights, `W_c v_t` (Hope's self-generated targets, SPEC 4.2), formed in the chunk step:
+            the l2 error is `W_c (k - v)`, one product (the outer gradient reaches W_c through it).
     Returns:
         o: [B, T, Hq, D] reads `o_t = W_t q_t` of the last Hq heads.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
@@ -81,7 +85,8 @@ def chunk_linear_memory(
     W, S = (expand_state(x, (B, H, D, D), q, sd) for x in (st.W, st.S))  # [B, H, D, D]
     W0 = expand_state(st.W_chunk, (B, H, D, D), q, sd) if pos else None
     r, q_ops = read_heads(q, H), operator_queries(q, k)
-    seg_kw = dict(dgd=dgd, momentum_norm=momentum_norm, compile=compile, r=r, objective=objective)
+    seg_kw = dict(dgd=dgd, momentum_norm=momentum_norm, compile=compile, r=r, objective=objective,
+                  self_target=self_target)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         seg, (W, S), (W0,) = run_segment(
@@ -96,7 +101,7 @@ def chunk_linear_memory(
 
 
 def _linear_segment(W, S, W0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, full, dgd, momentum_norm,
-                    compile, r, objective):
+                    compile, r, objective, self_target):
     """Chunks of L tokens `[B, N*L, ...]` from state (W, S): the operators of all of them at once
     (state-independent), then the chunk loop. W0: the chunk-start weights when the segment resumes
     inside a chunk, else None; full: L is the chunk size (else a tail chunk).
@@ -106,8 +111,10 @@ def _linear_segment(W, S, W0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, f
     ops = keyed_operators(kc, qoc, dgdc, chunk_decays(alphac, betac), dgd,
                           etac * (1 - betac) if momentum_norm else etac)
     # the error u_s = W0 k_s - v_s (l2) or -v_s (dot): fold it into the operator, except
-    # when W0 is a saved chunk-start state that differs from the current weights
-    fold = W0 is None
+    # when W0 is a saved chunk-start state that differs from the current weights, or when the
+    # targets are the memory's own reads (u_s = W0 (k_s - v_s), formed in the chunk step)
+    fresh = W0 is None
+    fold = fresh and not self_target
     lops = loop_operators(ops, u_column=not fold, u_in_kt=fold and objective == "l2")
     const = -(lops.u_coef @ vc) if fold else None                          # [B, H, N, 2L, D]
     consts = const.unbind(2) if fold else [None] * kc.shape[2]
@@ -115,21 +122,27 @@ def _linear_segment(W, S, W0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, f
     for lop, c_n, k_n, q_n, v_n in zip(lops.chunks(), consts, kc.unbind(2), qc.unbind(2),
                                        vc.unbind(2)):
         # compiled: the fast path only (full chunks from a chunk boundary)
-        o, W, S, W0 = run_step(_linear_chunk, (W, S, None if fold else W0, lop, c_n, k_n, q_n, v_n),
-                               compile=compile and fold and full, r=r, objective=objective)
+        o, W, S, W0 = run_step(_linear_chunk, (W, S, None if fresh else W0, lop, c_n, k_n, q_n, v_n),
+                               compile=compile and fresh and full, r=r, objective=objective,
+                               self_target=self_target)
         seg.append(o)
     return from_chunks(torch.stack(seg, dim=2)), W, S, W0
 
 
-def _linear_chunk(W, S, W0, lop, c_n, k_n, q_n, v_n, *, r, objective):
+def _linear_chunk(W, S, W0, lop, c_n, k_n, q_n, v_n, *, r, objective, self_target):
     """One chunk of the linear memory: reads `[B, Hq, L, D]`, the next W and S, and the chunk-start
-    weights (W0 when the call resumed inside this chunk, else W; c_n is then the folded error)."""
+    weights (W0 when the call resumed inside this chunk, else W). The error is U = W0 k - v, or
+    W0 (k - v) under self_target (-v and -W0 v under the dot objective); fold: the operator
+    already holds it (c_n its constant part) and U serves the momentum update only."""
     KT, KS = pair_projections(k_n, W, S)
     QT, QS = pair_projections(q_n, W[:, r], S[:, r])
     if W0 is None:
-        W0, K_start = W, KT                                                     # chunk-start state
-    else:
-        K_start = k_n @ W0.transpose(-1, -2)
-    U = K_start - v_n if objective == "l2" else -v_n
+        W0 = W                                                                  # chunk-start state
+    if self_target:
+        U = ((k_n - v_n) @ W0.transpose(-1, -2) if objective == "l2"
+             else -(v_n @ W0.transpose(-1, -2)))
+    else:                                  # (also for the momentum when the error is folded)
+        K_start = KT if W0 is W else k_n @ W0.transpose(-1, -2)
+        U = K_start - v_n if objective == "l2" else -v_n
     o, W_next, S_next = keyed_step(lop, k_n, W, S, KT, KS, QT, QS, U, const=c_n)
     return o, W_next, S_next, W0

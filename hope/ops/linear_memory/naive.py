@@ -29,6 +29,7 @@ def naive_recurrent_linear_memory(
     objective: str = "l2",
     momentum_norm: bool = False,
     dgd_eta: Optional[torch.Tensor] = None,
+    self_target: bool = False,
 ):
     """Run the inner rule token by token on a linear memory.
 
@@ -57,6 +58,8 @@ def naive_recurrent_linear_memory(
         dgd_eta: [B, T, H] rate of the DGD factor, `alpha I - dgd_eta k k^T`, when it differs from
             the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
             `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
+        self_target: the target of token t is the memory's own read of `v_t` at the start of its
+            mini-batch, `W_c v_t` (Hope's self-generated targets, SPEC 4.2).
     Returns:
         o: [B, T, Hq, D] reads `o_t = W_t q_t`.
         final_state: LinearMemoryState(W, S, W_chunk, pos), tensors [B, H, D, D] (W_chunk None
@@ -76,6 +79,8 @@ def naive_recurrent_linear_memory(
         if (pos + t) % chunk_size == 0:
             W0 = W                                               # chunk-start state Theta_{c(t)}
         k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]                # [B, H, D]
+        if self_target:                                          # M_c(v_t) = W0 v_t
+            v_t = torch.einsum("bhij,bhj->bhi", W0, v_t)
         eta_t, alpha_t, beta_t, dgd_t = (x[:, t, :, None, None] for x in (eta, alpha, beta, dgd_eta))
         # g_t = grad_W l(W0; k_t, v_t) = u_t k_t^T
         if objective == "l2":

@@ -42,6 +42,7 @@ def chunk_mlp_memory(
     dgd_eta: Optional[torch.Tensor] = None,
     recompute: bool = False,
     compile: bool = False,
+    self_target: bool = False,
 ):
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
@@ -84,6 +85,11 @@ def chunk_mlp_memory(
             of with every intermediate of every chunk, for one more forward of the op.
         compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
             results equal eager to float rounding (tests/ops/test_compile.py).
+        self_target: the target of token t is the memory's own read of `v_t` at its chunk-start
+            weights, `M_c(v_t) = v_t + W1_0 sigma(W2_0 v_t)` (Hope's self-generated targets, SPEC
+            4.2), formed inside the chunk step: `[k; v]` go through W2_0 in one product and the
+            l2 error is `(k - v) + (sigma(W2_0 k) - sigma(W2_0 v)) W1_0^T`, one product through
+            W1_0 instead of a separate read (the outer gradient reaches W1_0, W2_0 through it).
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)` of the last Hq heads.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -107,8 +113,8 @@ def chunk_mlp_memory(
         W1_0 = expand_state(st.W1_chunk, (B, H, D, E), q, sd)
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
     seg_kw = dict(dgd=dgd, hidden_dgd=dgd and dgd_layer == "hidden", momentum_norm=momentum_norm,
-                  compile=compile, r=r, sigma=sigma,
-                  dsigma=dsigma, objective=objective, hidden_norm=hidden_norm)
+                  compile=compile, r=r, sigma=sigma, dsigma=dsigma, objective=objective,
+                  hidden_norm=hidden_norm, self_target=self_target)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         seg, (W1, W2, S1, S2), (W1_0, W2_0) = run_segment(
@@ -158,24 +164,36 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
 
 
 def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, w1_rates, *, r, sigma,
-               dsigma, objective, hidden_norm):
+               dsigma, objective, hidden_norm, self_target):
     """One chunk of the MLP memory: reads `[B, Hq, L, D]` and the next W1, W2, S1, S2.
 
     W1_0, W2_0: the chunk-start weights when the call resumed inside this chunk, else None (the
-    chunk starts at W1, W2). w1_rates: (this chunk's decays, DGD rates, gradient rates) when W1
+    chunk starts at W1, W2). self_target: v_n are read through the chunk-start memory to give the
+    targets (see `chunk_mlp_memory`). w1_rates: (this chunk's decays, DGD rates, gradient rates) when W1
     carries the DGD factor on hidden codes, else None (W1 in the dual form, no DGD).
     Returns (reads, W1, W2, S1, S2, W1_0, W2_0).
     """
-    KT, KS = pair_projections(k_n, W2, S2)
-    QT, QS = pair_projections(q_n, W2[:, r], S2[:, r])
-    if W1_0 is None:
+    L = k_n.shape[-2]
+    fresh = W1_0 is None
+    if fresh:
         W1_0, W2_0 = W1, W2                                                 # chunk-start state
-        h = KT                                                              # W2_0 k_s
+    if self_target:                                     # keys and values through W2_0 at once
+        hkv = torch.cat([k_n, v_n], dim=-2) @ W2_0.transpose(-1, -2)        # [B, H, 2L, E]
+        h, hv = hkv[..., :L, :], hkv[..., L:, :]
+        KT = h if fresh else k_n @ W2.transpose(-1, -2)
+        KS = k_n @ S2.transpose(-1, -2)
     else:
-        h = k_n @ W2_0.transpose(-1, -2)
+        KT, KS = pair_projections(k_n, W2, S2)
+        h = KT if fresh else k_n @ W2_0.transpose(-1, -2)                   # W2_0 k_s
+    QT, QS = pair_projections(q_n, W2[:, r], S2[:, r])
     # gradients at the chunk-start state, for the whole chunk
     z = sigma(h)                                                            # [B, H, L, E]
-    err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
+    if self_target and objective == "l2":      # M(k) - M(v) = (k - v) + W1_0 (sigma(h) - sigma(hv))
+        err = (k_n - v_n) + (z - sigma(hv)) @ W1_0.transpose(-1, -2)
+    elif self_target:                                                       # -M(v)
+        err = -(v_n + sigma(hv) @ W1_0.transpose(-1, -2))
+    else:
+        err = k_n + z @ W1_0.transpose(-1, -2) - v_n if objective == "l2" else -v_n
     delta = (err @ W1_0) * dsigma(h)                                        # W2's error
     if hidden_norm:                                                         # W1's step / ||z||^2
         err = err / hidden_scale(z).unsqueeze(-1)

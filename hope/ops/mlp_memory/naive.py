@@ -33,6 +33,7 @@ def naive_recurrent_mlp_memory(
     dgd_layer: str = "key",
     momentum_norm: bool = False,
     dgd_eta: Optional[torch.Tensor] = None,
+    self_target: bool = False,
 ):
     """Run the inner rule token by token on a residual two-layer MLP memory.
 
@@ -73,6 +74,9 @@ def naive_recurrent_mlp_memory(
         dgd_eta: [B, T, H] rate of the DGD factor, `alpha I - dgd_eta k k^T`, when it differs from
             the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
             `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
+        self_target: the target of token t is the memory's own read of `v_t` at the start of its
+            mini-batch, `M_c(v_t) = v_t + W1_0 sigma(W2_0 v_t)` (Hope's self-generated targets,
+            SPEC 4.2); the outer gradient reaches the chunk-start weights through it.
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -106,6 +110,8 @@ def naive_recurrent_mlp_memory(
         if (pos + t) % chunk_size == 0:
             W1_0, W2_0 = W1, W2                                  # chunk-start state Theta_{c(t)}
         k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]                # [B, H, D]
+        if self_target:                                          # M_c(v_t)
+            v_t = v_t + mv(W1_0, sigma(mv(W2_0, v_t)))
         eta_t, alpha_t, beta_t, dgd_t = (x[:, t, :, None, None] for x in (eta, alpha, beta, dgd_eta))
         # g_t = grad_(W1, W2) l(W1_0, W2_0; k_t, v_t) by backpropagation through the MLP
         h_t = mv(W2_0, k_t)                                      # [B, H, E]
