@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import hope  # noqa: F401  (first: sets the OpenMP spin-wait before torch loads)
 import torch
 
 from hope.bench import mad

@@ -40,7 +40,7 @@ import math
 import sys
 from pathlib import Path
 
-import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import hope  # noqa: F401  (first: sets the OpenMP spin-wait before torch loads)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import run_one  # noqa: E402
 

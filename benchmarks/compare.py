@@ -25,7 +25,7 @@ import json
 import math
 from pathlib import Path
 
-import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import hope  # noqa: F401  (first: sets the OpenMP spin-wait before torch loads)
 import torch
 
 from hope.config import Config, apply_overrides

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import hope  # noqa: F401  (first: sets the OpenMP spin-wait before torch loads)
 import torch
 import torch.nn.functional as F
 

@@ -7,7 +7,7 @@ all in one process, printed as a table with ratios to attention and to the naive
 are interleaved (attention, linear, MLP in turn) so that load from other processes biases the
 ratios less; the naive forms run once each without warm-up (the MLP one takes minutes).
 
-On a CPU shared with other jobs, run with `OMP_WAIT_POLICY=PASSIVE`: with the default (spinning)
+On a CPU shared with other jobs, run with `OMP_WAIT_POLICY=PASSIVE`: with libgomp's default (spinning)
 policy each of the chunk loop's many small multi-threaded ops can wait out a whole time slice
 of a descheduled thread, which made them 10-30x slower here (one fused attention call is barely
 affected). The header prints the policy in force.
@@ -134,7 +134,7 @@ def main():
         torch.set_num_threads(args.threads)
     B, H, D, C, dev = args.B, args.H, args.D, args.chunk_size, args.device
     print(f"device={dev} B={B} H={H} d_h={D} chunk_size={C} threads={torch.get_num_threads()} "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')} "
           f"torch={torch.__version__}; forward+backward, median of {args.repeats} runs")
     print(f"{'T':>6} {'op':<8} {'attn ms':>9} {'chunk ms':>9} {'naive ms':>9} "
           f"{'chunk/attn':>10} {'naive/chunk':>11}")

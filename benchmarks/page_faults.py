@@ -15,7 +15,7 @@ import contextlib
 import os
 import resource
 
-import hope  # noqa: F401  (first: the allocator tuning and OMP_WAIT_POLICY before torch loads)
+import hope  # noqa: F401  (first: the allocator tuning and the OpenMP spin-wait before torch loads)
 import torch
 
 from hope.models import build_model

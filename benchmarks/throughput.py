@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import replace
 
-import hope  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import hope  # noqa: F401  (first: sets the OpenMP spin-wait before torch loads)
 import torch
 from counting import count_compiled_kernels, kernel_calls, matmul_flops
 

@@ -8,12 +8,17 @@ See SPEC sections 0-7 (shared/SPEC.md in the project) for the mathematics; the p
 import os as _os
 import sys as _sys
 
-# The memory layers run many small tensor ops; with OpenMP's default spin-waiting, worker threads
-# that lose their core to another process stall every op (10x slower training measured on a busy
-# 2-core machine, no measurable cost on an idle one). Only effective before torch is imported, and
-# only when the user has not chosen a policy (docs/DEVIATIONS.md).
-if "torch" not in _sys.modules:
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The memory layers run many small tensor ops, each an OpenMP parallel region. With libgomp's
+# default (a waiting thread spins about 3 ms) threads that lose their core to another process stall
+# every op (10x slower training on a busy 2-core machine); with no spinning at all (PASSIVE) every
+# op pays a sleep and wake-up (Hope's step 1.7x slower on an idle machine). A short spin (1,000
+# iterations, about 10 us) keeps most of both (docs/DEVIATIONS.md). Only effective before torch is
+# imported, and only when the user has chosen neither; elsewhere than Linux (no libgomp) PASSIVE.
+if "torch" not in _sys.modules and not any(k in _os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+    if _sys.platform == "linux":
+        _os.environ["GOMP_SPINCOUNT"] = "1000"
+    else:
+        _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def _tune_malloc() -> None:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import hope  # noqa: F401  (before torch: sets OMP_WAIT_POLICY=PASSIVE, see hope/__init__.py)
+import hope  # noqa: F401  (before torch: sets the OpenMP spin-wait, see hope/__init__.py)
 import torch
 
 # the user's data folder, for the slow tests that read prepared data (the tests themselves get a fresh one)
