@@ -7,15 +7,17 @@
 One training step = the segment-wise forward and backward of `hope.models.common.forward_backward`
 (CMS steps included) and an AdamW step, on random tokens with the recipe's batch shape. For every
 model, all measured in this process, it prints:
-* training tokens/s (median of `--steps` timed steps after `--warmup` untimed ones) and the ratio of
-  its step time to Transformer++'s;
-* matmul FLOPs per token of one step (`torch.utils.flop_counter.FlopCounterMode`, forward and
+* training tokens/s (median of `--steps` timed steps after `--warmup` untimed ones; the models' steps
+  alternate, so a slow spell of a shared machine falls on all of them) and the ratio of its step time
+  to Transformer++'s;
+* matmul FLOPs per token of one step (torch's flop formulas, `torch.utils.flop_counter`, forward and
   backward) and the FLOP ratio to Transformer++;
 * the overhead factor: measured step-time ratio / FLOP ratio (1.0: as fast as its arithmetic);
 * kernel calls per token: leaf `aten::` ops of one step in the torch profiler (views and
   allocations excluded), the CPU analogue of kernel launches;
-* peak memory of one step: `max_memory_allocated` on CUDA; on CPU the growth of the process's peak
-  resident set over one step, measured in a fresh subprocess per model (`--no-memory` skips it).
+* peak memory of one step: the growth of `max_memory_allocated` over one step on CUDA; on CPU the
+  growth of the process's peak resident set over one step, measured in a fresh subprocess per model
+  (`--no-memory` skips it).
 
 `--compile` applies `train.compile` to every model (`hope.models.common.compile_model`: the memory
 ops' per-chunk steps for Titans and Hope, the whole model otherwise); the warm-up steps then include
@@ -79,26 +81,39 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(arch: str, args, device: torch.device) -> dict:
-    model, step, B, T = setup(arch, args.size, device, args.batch_size, args.seq_len, args.recompute, args.compile)
-    times = []
+def measure(archs: list[str], args, device: torch.device) -> list[dict]:
+    """Time every model's training step, the models' timed steps alternating (model 1, 2, .., 1, 2,
+    ..) so that a slower or faster spell of a shared machine falls on all of them alike; then count
+    FLOPs and kernels. Returns one row per model."""
+    setups = [setup(arch, args.size, device, args.batch_size, args.seq_len, args.recompute, args.compile)
+              for arch in archs]
+    times = [[] for _ in archs]
     for i in range(args.warmup + args.steps):
-        sync(device)
-        t = time.perf_counter()
-        step()
-        sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    sec = statistics.median(times)
-    row = {"arch": arch, "params": count_parameters(model)["total"], "tokens_per_s": B * T / sec,
-           "step_s": sec, "batch": f"{B} x {T}", "flops_per_token": float("nan"),
-           "kernels_per_token": float("nan")}
-    if not args.no_counts:
-        row["flops_per_token"] = matmul_flops(step) / (B * T)
-        row["kernels_per_token"] = kernel_calls(step) / (B * T)
-    if device.type == "cuda":
-        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return row
+        for j, (_, step, _, _) in enumerate(setups):
+            sync(device)
+            t = time.perf_counter()
+            step()
+            sync(device)
+            if i >= args.warmup:
+                times[j].append(time.perf_counter() - t)
+    rows = []
+    for arch, (model, step, B, T), ts in zip(archs, setups, times):
+        sec = statistics.median(ts)
+        row = {"arch": arch, "params": count_parameters(model)["total"], "tokens_per_s": B * T / sec,
+               "step_s": sec, "batch": f"{B} x {T}", "flops_per_token": float("nan"),
+               "kernels_per_token": float("nan")}
+        if not args.no_counts:
+            row["flops_per_token"] = matmul_flops(step) / (B * T)
+            row["kernels_per_token"] = kernel_calls(step) / (B * T)
+        rows.append(row)
+        if device.type == "cuda":  # growth of the allocator's peak over one step of this model
+            sync(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            sync(device)
+            row["peak_gib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+    return rows
 
 
 def cpu_peak_child(arch: str, args) -> float:
@@ -171,18 +186,15 @@ def main() -> None:
     if args.check:
         for arch in archs:
             print(f"{arch}: max |logits - float64 CPU reference| = {check(arch, device):.2e}", flush=True)
-    rows = []
-    for arch in archs:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        rows.append(measure(arch, args, device))
+    rows = measure(archs, args, device)
+    for row in rows:
         if device.type == "cpu":
-            rows[-1]["peak_gib"] = float("nan") if args.no_memory else cpu_peak(arch, args)
-        print(f"{arch}: {rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
+            row["peak_gib"] = float("nan") if args.no_memory else cpu_peak(row["arch"], args)
+        print(f"{row['arch']}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
     base = next((r for r in rows if r["arch"] == "transformer"), None)
     print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps"
           f"{', recompute' if args.recompute else ''}{', compiled' if args.compile else ''}; peak memory: "
-          f"{'max_memory_allocated' if device.type == 'cuda' else 'growth of peak RSS over one step'}")
+          f"{'growth of max_memory_allocated' if device.type == 'cuda' else 'growth of peak RSS'} over one step")
     print("| model | params | batch | tokens/s | step (s) | step / Transformer++ | MFLOP/token | FLOPs / "
           "Transformer++ | overhead factor | kernels/token | peak GiB |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
