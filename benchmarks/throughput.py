@@ -122,10 +122,17 @@ def cpu_peak_child(arch: str, args) -> float:
     step()
     with open("/proc/self/statm") as f:
         rss_now = int(f.read().split()[1]) * resource.getpagesize()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        # reset the peak (VmHWM): Linux keeps ru_maxrss across fork and exec, so the child would
+        # otherwise report its parent's peak (the benchmark process holding every model)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     step()
-    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return (max(peak_after, peak_before) - rss_now) / 2**30
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    return (hwm - rss_now) / 2**30
 
 
 def cpu_peak(arch: str, args) -> float:
