@@ -3,6 +3,7 @@ benchmark parts is part of an import cycle (function-level imports count; `__mai
 Also: `import hope` stays cheap (no torch, no transformers)."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,22 @@ def test_import_hope_is_cheap():
     code = "import sys, hope; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _openmp_env_after_import(env: dict) -> dict:
+    code = "import os, hope; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return {"GOMP_SPINCOUNT": out[0], "OMP_WAIT_POLICY": out[1]}
+
+
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose():
+    """`import hope` (before torch) sets libgomp's spin to 1,000 on Linux, PASSIVE elsewhere, and
+    leaves either variable alone when the user set one (docs/DEVIATIONS.md, "Runtime defaults")."""
+    linux = sys.platform == "linux"
+    assert _openmp_env_after_import({}) == ({"GOMP_SPINCOUNT": "1000", "OMP_WAIT_POLICY": "None"} if linux
+                                            else {"GOMP_SPINCOUNT": "None", "OMP_WAIT_POLICY": "PASSIVE"})
+    assert _openmp_env_after_import({"OMP_WAIT_POLICY": "ACTIVE"}) == {"GOMP_SPINCOUNT": "None",
+                                                                       "OMP_WAIT_POLICY": "ACTIVE"}
+    assert _openmp_env_after_import({"GOMP_SPINCOUNT": "7"}) == {"GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": "None"}

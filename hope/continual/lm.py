@@ -145,7 +145,7 @@ def continual_lm(out: Path, domains: list[str], archs: list[str] | None, methods
             raise HopeError(f"domain {name!r} has only {len(t['train'])} training tokens")
     token_bytes = torch.from_numpy(tokenizer.token_bytes)
     labels = [c.name for c in corpora]
-    log(f"domains: " + ", ".join(f"{n} ({len(t['train']):,} train / {len(t['val']):,} val tokens)"
+    log("domains: " + ", ".join(f"{n} ({len(t['train']):,} train / {len(t['val']):,} val tokens)"
                                  for n, t in zip(labels, tokens)) + f"; tokenizer {tokenizer.kind} {tokenizer.vocab_size}")
     out.mkdir(parents=True, exist_ok=True)
     runs = []
