@@ -14,13 +14,15 @@ memory `mem`. For projection chunk c (C_proj tokens) and main-memory chunk c' (C
     y            = W_o( RMSNorm_head(o) * SiLU(W_g x) )
 
 `M_box,c` is the state at the start of the chunk (the op's `*_chunk` weights when a call resumes
-inside a chunk). The self-generated targets `M_box,c(v_t)` are passed to the op as its values with
-their autograd graph: inside the op they are constants of the inner loss (the op differentiates the
-inner loss analytically w.r.t. the memory weights only), while the outer loss backpropagates into
-them. All memories update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
+inside a chunk). The self-generated targets `M_box,c(v_t)` are formed by the op from v_t and the
+chunk-start weights, in the autograd graph: inside the op they are constants of the inner loss (the
+op differentiates the inner loss analytically w.r.t. the memory weights only), while the outer loss
+backpropagates into them, and through them into v_t and the chunk-start weights. All memories update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
 
 The projection memories are stacked on the head axis (one op call per projection chunk for all of
-them), the main memory runs its own op calls; the loops run over chunks, never over tokens. (An
+them); the main memory runs one op call for the whole call. The self-generated targets are formed
+inside the ops (`self_target=True`: the read of v at the chunk-start weights shares its products
+with the keys' gradient); the loops run over chunks, never over tokens. (An
 earlier path also stacked the main memory with them when C_proj == C_mem: it read the main memory
 with x_h and discarded the read, and sliced the read heads out of the stacked state, which costs a
 state-sized zero fill in the backward; it was 1.3-1.4x slower on CPU at `hope_tiny`.)
