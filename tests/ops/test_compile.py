@@ -32,12 +32,13 @@ def states(kind, seed=1):
     return LinearMemoryState(torch.randn(H, D, D, generator=g).mul(D ** -0.5).requires_grad_())
 
 
-def run(kind, compile, T=8, resume=False, recompute=False):
+def run(kind, compile, T=8, resume=False, recompute=False, self_target=False):
     """Reads, final weights and every input's gradient of a loss on both."""
     op = chunk_mlp_memory if kind == "mlp" else chunk_linear_memory
     xs, st = inputs(T), states(kind)
     kw = dict(output_final_state=True, chunk_size=C, dgd=True, momentum_norm=True,
-              recompute=recompute, compile=compile, **({"hidden_norm": True} if kind == "mlp" else {}))
+              recompute=recompute, compile=compile, self_target=self_target,
+              **({"hidden_norm": True} if kind == "mlp" else {}))
     outs = []
     o, final = op(*xs, initial_state=st, **kw)
     outs.append(o)
@@ -69,6 +70,14 @@ def test_compiled_step_equals_eager_resumed(kind, recompute):
     """A tail chunk (T = 10, C = 4), then a call that resumes 2 tokens into a chunk."""
     assert_close(run(kind, compile=True, T=10, resume=True, recompute=recompute),
                  run(kind, compile=False, T=10, resume=True, recompute=recompute))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_compiled_self_target_step_equals_eager(kind):
+    """Self-generated targets formed in the compiled chunk step (Hope's projection memories)."""
+    assert_close(run(kind, compile=True, T=10, self_target=True),
+                 run(kind, compile=False, T=10, self_target=True))
 
 
 def test_compile_model_compiles_memory_steps_or_the_whole_model():
