@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mixer_support import selfmod, titans
 
 from hope.errors import HopeError
-from hope.layers.memory import MemoryBank
+from hope.layers.memory import MemoryBank, chunk_ranges
 from hope.layers.state import tree_map
 from hope.models import HopeConfig, TitansConfig
 from hope.ops.rule import InnerRule
@@ -178,3 +178,39 @@ def test_anchor_needs_a_linear_l2_memory():
     main, proj = HopeConfig(anchor=True, memory="linear", proj_memory="mlp").rules()
     assert main.anchor and not proj.anchor
     assert not TitansConfig(anchor=True).rule().anchor and TitansConfig(anchor=True, memory="linear").rule().anchor
+
+
+@pytest.mark.parametrize("kind,anchor", [("linear", False), ("linear", True), ("mlp", False)])
+def test_bank_self_target_equals_targets_read_at_each_chunk_start(kind, anchor):
+    """`MemoryBank.update(..., self_target=True)` (targets formed inside the op, or under `anchor`
+    read one mini-batch at a time) equals the layer's former loop: one update per chunk with the
+    targets `read_start(state, v)`; reads, final state and gradients, starting inside a chunk."""
+    torch.manual_seed(3)
+    rule = InnerRule(kind=kind, chunk_size=4, anchor=anchor)
+    bank = MemoryBank(rule, 2, 2, 6, w1_std=0.3, linear_init="random").double()
+    T, H = 11, 4
+    k, q = (F.normalize(torch.randn(1, T, H, 6, dtype=torch.float64), dim=-1) for _ in range(2))
+    v = torch.randn(1, T, H, 6, dtype=torch.float64, requires_grad=True)
+    eta, alpha, beta = (torch.full((1, T, H), x, dtype=torch.float64) for x in (0.3, 0.95, 0.5))
+    start = bank.update(bank.init_state(1), q[:, :3], k[:, :3], v[:, :3].detach(), eta[:, :3], alpha[:, :3],
+                        beta[:, :3])[1]                                  # 3 tokens into a chunk
+
+    def loss(o, st):
+        return o.square().sum() + sum(x.square().sum() for x in st if isinstance(x, torch.Tensor))
+
+    o, st = bank.update(start, q[:, 3:], k[:, 3:], v[:, 3:], eta[:, 3:], alpha[:, 3:], beta[:, 3:], self_target=True)
+    g = torch.autograd.grad(loss(o, st), [v, *bank.parameters()], retain_graph=True)  # (start is shared)
+    outs, st2 = [], start
+    for t0, t1 in chunk_ranges(T - 3, 4, start.pos):
+        sl = slice(3 + t0, 3 + t1)
+        o2, st2 = bank.update(st2, q[:, sl], k[:, sl], bank.read_start(st2, v[:, sl]), eta[:, sl],
+                              alpha[:, sl], beta[:, sl])
+        outs.append(o2)
+    g2 = torch.autograd.grad(loss(torch.cat(outs, 1), st2), [v, *bank.parameters()])
+    torch.testing.assert_close(o, torch.cat(outs, 1))
+    for a, b in zip(st, st2):
+        if isinstance(a, torch.Tensor):
+            torch.testing.assert_close(a, b)
+    for a, b in zip(g, g2):
+        torch.testing.assert_close(a, b)
+    assert g[0].abs().max() > 0
