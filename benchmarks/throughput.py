@@ -16,8 +16,8 @@ model, all measured in this process, it prints:
 * kernel calls per token: leaf `aten::` ops of one step in the torch profiler (views and
   allocations excluded), the CPU analogue of kernel launches;
 * peak memory of one step: the growth of `max_memory_allocated` over one step on CUDA; on CPU the
-  growth of the process's peak resident set over one step, measured in a fresh subprocess per model
-  (`--no-memory` skips it).
+  growth of the process's peak resident set over its first step, measured in a fresh subprocess per
+  model (`--no-memory` skips it).
 
 `--compile` applies `train.compile` to every model (`hope.models.common.compile_model`: the memory
 ops' per-chunk steps for Titans and Hope, the whole model otherwise); the warm-up steps then include
@@ -117,9 +117,10 @@ def measure(archs: list[str], args, device: torch.device) -> list[dict]:
 
 
 def cpu_peak_child(arch: str, args) -> float:
-    """Growth of peak RSS (GiB) over one training step after one warm-up step (run in a subprocess)."""
+    """Growth of peak RSS (GiB) over the first training step above the RSS before it (run in a
+    subprocess). The first step, because hope's allocator tuning keeps freed memory in the heap: a
+    second step reuses the first one's pages and would show no growth."""
     _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len, args.recompute, args.compile)
-    step()
     with open("/proc/self/statm") as f:
         rss_now = int(f.read().split()[1]) * resource.getpagesize()
     try:
@@ -201,7 +202,7 @@ def main() -> None:
     base = next((r for r in rows if r["arch"] == "transformer"), None)
     print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps"
           f"{', recompute' if args.recompute else ''}{', compiled' if args.compile else ''}; peak memory: "
-          f"{'growth of max_memory_allocated' if device.type == 'cuda' else 'growth of peak RSS'} over one step")
+          f"{'growth of max_memory_allocated over one step' if device.type == 'cuda' else 'growth of peak RSS over the first step'}")
     print("| model | params | batch | tokens/s | step (s) | step / Transformer++ | MFLOP/token | FLOPs / "
           "Transformer++ | overhead factor | kernels/token | peak GiB |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
