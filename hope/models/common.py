@@ -30,6 +30,7 @@ For models without a learning CMS it is one plain forward and backward.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -292,7 +293,22 @@ def compile_model(model: nn.Module) -> nn.Module:
     A model with in-context memories (Titans, Hope) compiles the per-chunk step of its memory ops
     (`MemoryBank.compile`), where its time goes; the rest stays eager, so the chunk loop, mid-chunk
     resume and the CMS segments need no graph of their own. Any other model is compiled whole.
+
+    A model whose CMS learns in training takes its inner gradients with `torch.autograd.grad(...,
+    retain_graph=True)` before the outer backward; a compiled backward that donates its buffers
+    refuses that, so buffer donation is turned off (`torch._functorch.config.donated_buffer`,
+    process-wide). The meta-learned CMS step (`model.cms_meta=true`) differentiates the backward
+    itself, which compiled code does not support: such a model runs eager, with a warning.
     """
+    if getattr(model, "cms_meta", False):
+        warnings.warn("train.compile: the meta-learned CMS step (model.cms_meta=true) differentiates "
+                      "the backward itself, which torch.compile does not support; the model runs eager",
+                      stacklevel=2)
+        return model
+    if getattr(model, "cms_segment", None) is not None:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
     banks = [m for m in model.modules() if isinstance(m, MemoryBank)]
     for bank in banks:
         bank.compile = True

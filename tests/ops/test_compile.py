@@ -93,3 +93,42 @@ def test_compile_model_compiles_memory_steps_or_the_whole_model():
     assert banks and all(b.compile for b in banks)
     transformer = build_model("transformer", get_recipe("debug").model)
     assert isinstance(compile_model(transformer), torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_compile_model_keeps_a_meta_learned_cms_eager():
+    """The meta-learned CMS step needs a double backward, which compiled code refuses: warn, run eager."""
+    from dataclasses import replace
+
+    from hope.models import build_model
+    from hope.models.common import compile_model
+    from hope.recipes import get_recipe
+
+    model = build_model("hope_attention", replace(get_recipe("hope_attention_debug").model, cms_meta=True))
+    with pytest.warns(UserWarning, match="cms_meta"):
+        assert compile_model(model) is model
+
+
+@pytest.mark.slow
+def test_compiled_first_order_cms_trains_like_eager():
+    """A whole-model compile with a CMS learning in training (inner gradients with retain_graph before
+    the outer backward): the step runs, and its loss and gradients equal eager's (float32, 1e-4)."""
+    from dataclasses import replace
+
+    from hope.models import build_model
+    from hope.models.common import compile_model, forward_backward
+    from hope.recipes import get_recipe
+
+    cfg = replace(get_recipe("hope_attention_debug").model, cms_meta=False)
+    x = torch.randint(0, cfg.vocab_size, (2, 65), generator=torch.Generator().manual_seed(0))
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model("hope_attention", cfg)
+        assert model.cms_segment is not None
+        called = compile_model(model) if compiled else model
+        loss, _ = forward_backward(called, x[:, :-1], x[:, 1:], None, 128, raw_model=model)
+        results.append((loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (l0, g0), (l1, g1) = results
+    assert abs(l0 - l1) <= 1e-4 * abs(l0) and len(g0) == len(g1)
+    for a, b in zip(g0, g1):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max().clamp(min=1e-6)
