@@ -17,7 +17,8 @@ memory `mem`. For projection chunk c (C_proj tokens) and main-memory chunk c' (C
 inside a chunk). The self-generated targets `M_box,c(v_t)` are formed by the op from v_t and the
 chunk-start weights, in the autograd graph: inside the op they are constants of the inner loss (the
 op differentiates the inner loss analytically w.r.t. the memory weights only), while the outer loss
-backpropagates into them, and through them into v_t and the chunk-start weights. All memories update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
+backpropagates into them, and through them into v_t and the chunk-start weights. All memories
+update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
 
 The projection memories are stacked on the head axis (one op call per projection chunk for all of
 them); the main memory runs one op call for the whole call. The self-generated targets are formed

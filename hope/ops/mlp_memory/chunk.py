@@ -180,8 +180,7 @@ def _mlp_chunk(W1, W2, S1, S2, W1_0, W2_0, lop, k_n, q_n, v_n, grad_weight_n, w1
     if self_target:                                     # keys and values through W2_0 at once
         hkv = torch.cat([k_n, v_n], dim=-2) @ W2_0.transpose(-1, -2)        # [B, H, 2L, E]
         h, hv = hkv[..., :L, :], hkv[..., L:, :]
-        KT = h if fresh else k_n @ W2.transpose(-1, -2)
-        KS = k_n @ S2.transpose(-1, -2)
+        KT, KS = (h, k_n @ S2.transpose(-1, -2)) if fresh else pair_projections(k_n, W2, S2)
     else:
         KT, KS = pair_projections(k_n, W2, S2)
         h = KT if fresh else k_n @ W2_0.transpose(-1, -2)                   # W2_0 k_s
