@@ -17,9 +17,14 @@ import torch
 from hope.ops.checks import (DGD_LAYERS, activation, check_inputs, dgd_rate, hidden_scale, operator_queries,
                              read_heads, unit_code)
 from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
+from hope.ops.mlp_memory.learn_step import learn_chunk
 from hope.ops.operators import (ChunkDecays, chunk_decays, keyed_operators, keyed_step, loop_operators,
                                pair_projections)
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype, state_step
+
+# the written-out learn-only chunk step (`learn_step.py`); False runs `_mlp_chunk` for every chunk
+# (for comparisons: both compute the same function, tests/ops/test_learn_step.py)
+LEARN_STEP = True
 
 
 def chunk_mlp_memory(
@@ -81,7 +86,7 @@ def chunk_mlp_memory(
             the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
             `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
         recompute: save only each chunk's start state for the backward and recompute the chunk
-            there (`torch.utils.checkpoint`): activation memory grows with chunks x state instead
+            there (`hope.ops.recompute.recompute_region`): activation memory grows with chunks x state instead
             of with every intermediate of every chunk, for one more forward of the op.
         compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
             results equal eager to float rounding (tests/ops/test_compile.py).
@@ -114,7 +119,7 @@ def chunk_mlp_memory(
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
     seg_kw = dict(dgd=dgd, hidden_dgd=dgd and dgd_layer == "hidden", momentum_norm=momentum_norm,
                   compile=compile, r=r, sigma=sigma, dsigma=dsigma, objective=objective,
-                  hidden_norm=hidden_norm, self_target=self_target)
+                  hidden_norm=hidden_norm, self_target=self_target, act=act)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         seg, (W1, W2, S1, S2), (W1_0, W2_0) = run_segment(
@@ -130,7 +135,7 @@ def chunk_mlp_memory(
 
 
 def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, full, dgd,
-                 hidden_dgd, momentum_norm, compile, **step_kw):
+                 hidden_dgd, momentum_norm, compile, act, **step_kw):
     """Chunks of L tokens `[B, N*L, ...]` from state (W1, W2, S1, S2): the operators of all of them
     at once (state-independent), then the chunk loop. W1_0, W2_0: chunk-start weights when the
     segment resumes inside a chunk, else None; full: L is the chunk size (else a tail chunk).
@@ -146,6 +151,12 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
     resumed = W1_0 is not None                      # (a resumed segment is one partial chunk)
     seg = []
     N = kc.shape[2]
+    # the learn-only fast path: nothing read, self-generated l2 targets, W2 the keyed layer, every
+    # tensor in the state's dtype and no autocast (the written-out backward assumes one dtype)
+    hidden_norm = step_kw["hidden_norm"]
+    learn_only = (LEARN_STEP and qc.shape[1] == 0 and step_kw["self_target"] and step_kw["objective"] == "l2"
+                  and not resumed and not hidden_dgd and not torch.is_autocast_enabled(kc.device.type)
+                  and all(x is not None and x.dtype == kc.dtype for x in (W1, W2, S1, S2, vc)))
     for n, (lop, k_n, q_n, v_n, grad_weight_n) in enumerate(zip(
             loop_operators(ops, u_column=True).chunks(), kc.unbind(2), qc.unbind(2), vc.unbind(2),
             [None] * N if grad_weight is None else grad_weight.unbind(2))):
@@ -155,6 +166,14 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
                      grad_rate[:, :, n:n + 1]) if hidden_dgd else None)
         args = (W1, W2, S1, S2, W1_0 if resumed else None, W2_0 if resumed else None, lop, k_n,
                 q_n, v_n, grad_weight_n, w1_rates)
+        if learn_only and not (compile and full):
+            # no read heads, self-generated targets, a chunk from its start: the state update with
+            # its backward written out (`learn_step.py`), the same function as `_mlp_chunk`
+            W1_0, W2_0 = W1, W2                                         # this chunk's start
+            W1, W2, S1, S2 = learn_chunk(W1, W2, S1, S2, k_n, v_n, lop.op[..., L:, :], lop.gamma_C,
+                                         lop.m_C, lop.P_C, lop.e_last, lop.d_last, act, hidden_norm)
+            seg.append(q_n)
+            continue
         # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail
         # chunk, once per call at most, runs eager
         o_n, W1, W2, S1, S2, W1_0, W2_0 = run_step(
