@@ -148,6 +148,24 @@ def test_training_step_reaches_meta_learned_memory_states(arch):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{n} gets no gradient"
 
 
+@pytest.mark.parametrize("cms_meta", [False, True])
+def test_hope_training_step_with_recompute_equals_saving_everything(cms_meta):
+    """`model.recompute=true` (the projection memories recomputed by groups of chunks, the ops'
+    chunks one at a time) leaves Hope's training step unchanged: the CMS's inner gradients
+    (`autograd.grad` with the graph kept, and with `cms_meta` a double backward) and the outer
+    backward go through the same checkpoints."""
+    from hope.models.common import forward_backward
+    x = torch.randint(0, V, (2, 42), generator=torch.Generator().manual_seed(1))
+    out = []
+    for recompute in (False, True):
+        model = build("hope", proj_memory="mlp", recompute=recompute, cms_meta=cms_meta).train()
+        loss, state = forward_backward(model, x[:, :-1], x[:, 1:], None, 82)
+        out.append((loss, state, {n: p.grad for n, p in model.named_parameters()}))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-12)
+    for n, g in out[0][2].items():
+        torch.testing.assert_close(out[1][2][n], g, rtol=1e-9, atol=1e-12, msg=n)
+
+
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_initialization_by_role(arch):
     """Every model draws its weights by role (hope.layers.init): Linear and Embedding weights

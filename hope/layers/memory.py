@@ -17,11 +17,11 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
 from hope.ops.checks import activation as _activation
+from hope.ops.recompute import recompute_region
 from hope.ops.rule import InnerRule
 
 IMPLS = ("chunk", "naive")
@@ -108,16 +108,16 @@ class MemoryBank(nn.Module):
             return LinearMemoryState(torch.zeros_like(ex(self.W)))
         return LinearMemoryState(ex(self.W))
 
-    def read_start(self, state, x: torch.Tensor) -> torch.Tensor:
+    def read_start(self, state, x: torch.Tensor, recompute: bool | None = None) -> torch.Tensor:
         """Read `x` with the state at the start of the current mini-batch.
 
         x: `[B, T, n*H, D]` (each memory its own input) or `[B, T, H, D]` (every memory reads the
         same input, broadcast without a copy); returns `[B, T, n*H, D]`. Under `rule.recompute`
         the read is recomputed in the backward (its hidden activations are `n*H*E` numbers per
-        token, more than the state a chunk keeps).
+        token, more than the state a chunk keeps); `recompute` overrides the rule's switch.
         """
-        if self.rule.recompute and torch.is_grad_enabled():
-            return checkpoint(self._read_start, state, x, use_reentrant=False)
+        if (self.rule.recompute if recompute is None else recompute) and torch.is_grad_enabled():
+            return recompute_region(self._read_start, state, x)
         return self._read_start(state, x)
 
     def _read_start(self, state, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,8 @@ class MemoryBank(nn.Module):
             out = torch.einsum("bnhij,btnhj->btnhi", W, xs.expand(-1, -1, n, -1, -1))
         return out.flatten(2, 3)
 
-    def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None, self_target: bool = False):
+    def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None, self_target: bool = False,
+               recompute: bool | None = None):
         """Run the inner rule (SPEC 3) from `state`; returns (reads, new state).
 
         q: [B, T, Hq, D] queries of the last Hq of the n*H stacked heads (Hq = 0: learn only);
@@ -146,13 +147,16 @@ class MemoryBank(nn.Module):
         `M_c(v_t)`, the memory's read of its v at the start of the token's mini-batch (SPEC 4.2),
         formed inside the op (`self_target` of the ops); under `rule.anchor` (the op's state is
         `W - W0`) the targets are read with `read_start` one mini-batch at a time instead.
+        recompute: overrides `rule.recompute` for this call (a caller that recomputes a group of
+        chunks itself turns the op's own per-chunk recompute off).
         """
         if self_target and self.rule.anchor:
             outs = []
             for t0, t1 in chunk_ranges(k.shape[1], self.rule.chunk_size, state.pos):
-                o, state = self.update(state, q[:, t0:t1], k[:, t0:t1], self.read_start(state, v[:, t0:t1]),
+                o, state = self.update(state, q[:, t0:t1], k[:, t0:t1],
+                                       self.read_start(state, v[:, t0:t1], recompute),
                                        eta[:, t0:t1], alpha[:, t0:t1], beta[:, t0:t1],
-                                       None if dgd_eta is None else dgd_eta[:, t0:t1])
+                                       None if dgd_eta is None else dgd_eta[:, t0:t1], recompute=recompute)
                 outs.append(o)
             return (torch.cat(outs, dim=1) if outs else q.new_zeros(*q.shape)), state
         op = _OPS[(self.kind, self.impl)]
@@ -163,8 +167,11 @@ class MemoryBank(nn.Module):
         if self.rule.anchor:                  # the op runs on W - W0: its l2 gradient needs v - W0 k
             W0 = self.W.flatten(0, 1).to(k.dtype)                               # [n*H, D, D]
             v = v - torch.einsum("hij,bthj->bthi", W0, k)
+        kwargs = self.rule.op_kwargs(self.impl)
+        if recompute is not None and "recompute" in kwargs:
+            kwargs["recompute"] = recompute
         o, new = op(q, k, v, eta, alpha, beta, initial_state=state, output_final_state=True,
-                    dgd_eta=dgd_eta, **self.rule.op_kwargs(self.impl), **extra)
+                    dgd_eta=dgd_eta, **kwargs, **extra)
         if self.rule.anchor and q.shape[2]:
             o = o + torch.einsum("hij,bthj->bthi", W0[W0.shape[0] - q.shape[2]:], q)
         return o, new

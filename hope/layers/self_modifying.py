@@ -42,6 +42,7 @@ from torch import nn
 from hope.layers.conv import CausalConv1d
 from hope.layers.init import residual_output
 from hope.layers.memory import MemoryBank, chunk_ranges
+from hope.ops.recompute import recompute_region
 from hope.ops.rule import InnerRule
 
 
@@ -150,16 +151,17 @@ class SelfModifyingTitans(nn.Module):
                 "conv": {n: c.init_cache(batch_size, ref) for n, c in self.convs.items()},
                 "t": 0}
 
-    def project(self, proj, xh, raw, t0, t1, conv):
+    def project(self, proj, xh, raw, t0, t1, conv, recompute: bool | None = None):
         """k, v, q [B, L, H, D], eta, alpha [B, L, H], the projection memories' eta [B, L, P*H] and
         the DGD gate's rate [B, L, H] (None without `rule.dgd_gate`) of one projection chunk `[t0, t1)`.
 
         proj: state of the projection memories (read at its chunk start); xh: [B, L, H, D];
-        raw: outputs of the static projections over the whole call; conv: caches, updated in place.
+        raw: outputs of the static projections over the whole call; conv: caches, updated in place;
+        recompute: overrides the projection rule's switch for the read (None: the rule's).
         """
         B, L, H, D = xh.shape
         P = len(self.proj_names)
-        rd = self.proj.read_start(proj, xh).view(B, L, P, H, D)           # every memory reads x_h
+        rd = self.proj.read_start(proj, xh, recompute).view(B, L, P, H, D)  # every memory reads x_h
         idx = {n: i for i, n in enumerate(self.proj_names)}
         out = {}
         for n in "kvq":
@@ -181,12 +183,31 @@ class SelfModifyingTitans(nn.Module):
                if self.dgd_gate else None)
         return out["k"], out["v"], out["q"], eta, alpha, eta_proj, dgd
 
+    def _projections(self, proj, conv, xh, raw, beta, ranges, recompute):
+        """The projection loop over the chunks `ranges` (`(t0, t1)` in the call): each chunk's
+        k, v, q, eta, alpha, DGD rate from the chunk-start states, then every projection memory
+        learns the chunk. Returns (per chunk those six, the state after, the conv caches after)."""
+        P = len(self.proj_names)
+        conv = dict(conv)
+        outs = []
+        for t0, t1 in ranges:
+            k, v, q, eta, alpha, eta_proj, dgd = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv, recompute)
+            kP = k.repeat(1, 1, P, 1)                                   # every memory learns on k
+            # no queries (zero heads): the projection memories only learn, nothing is read; their
+            # targets M_box,c(v_t) are read inside the op (self_target), every memory reading v
+            _, proj = self.proj.update(proj, kP[:, :, :0], kP, v.repeat(1, 1, P, 1), eta_proj,
+                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
+                                       None if dgd is None else dgd.repeat(1, 1, P), self_target=True,
+                                       recompute=recompute)
+            outs.append((k, v, q, eta, alpha, dgd))
+        return outs, proj, conv
+
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
         """x: [B, T, d_model] -> (y [B, T, d_model], state after the last token)."""
         B, T, _ = x.shape
         if state is None:
             state = self.init_state(B)
-        H, D, P = self.n_heads, self.head_dim, len(self.proj_names)
+        H, D = self.n_heads, self.head_dim
         xh = self.W_in(x).view(B, T, H, D)
         beta = torch.sigmoid(self.W_beta(x)) if self.rule.momentum else x.new_zeros(B, T, H)
         raw = {n: torch.einsum("bthd,hed->bthe", xh, self.static[n]) for n in self.static_names}
@@ -194,18 +215,20 @@ class SelfModifyingTitans(nn.Module):
         proj, mem = state["proj"], state["mem"]
         # the projection memories, chunk by chunk: chunk c's k, v, q, eta, alpha come from their
         # chunk-start states, and each memory learns from chunk c with its self-generated targets
-        ks, vs, qs, etas, alphas, dgds = [], [], [], [], [], []
-        for t0, t1 in chunk_ranges(T, self.proj_rule.chunk_size, proj.pos):
-            k, v, q, eta, alpha, eta_proj, dgd = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv)
-            kP = k.repeat(1, 1, P, 1)                                   # every memory learns on k
-            # no queries (zero heads): the projection memories only learn, nothing is read; their
-            # targets M_box,c(v_t) are read inside the op (self_target), every memory reading v
-            _, proj = self.proj.update(proj, kP[:, :, :0], kP, v.repeat(1, 1, P, 1), eta_proj,
-                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
-                                       None if dgd is None else dgd.repeat(1, 1, P), self_target=True)
-            ks.append(k), vs.append(v), qs.append(q), etas.append(eta), alphas.append(alpha), dgds.append(dgd)
+        ranges = chunk_ranges(T, self.proj_rule.chunk_size, proj.pos)
+        if self.proj_rule.recompute and torch.is_grad_enabled() and len(ranges) > 1:
+            # recompute by groups of about sqrt(N) of the N chunks: the backward keeps the states at
+            # group starts and recomputes one group at a time (about 2 sqrt(N) states held, not N)
+            g = math.ceil(math.sqrt(len(ranges)))
+            outs = []
+            for i in range(0, len(ranges), g):
+                o, proj, conv = recompute_region(self._projections, proj, conv, xh, raw, beta, ranges[i:i + g], False)
+                outs += o
+        else:
+            outs, proj, conv = self._projections(proj, conv, xh, raw, beta, ranges, None)
+        ks, vs, qs, etas, alphas, dgds = zip(*outs)
         k, v, q, eta, alpha = (torch.cat(z, dim=1) for z in (ks, vs, qs, etas, alphas))
-        dgd = torch.cat(dgds, dim=1) if self.dgd_gate and dgds else None
+        dgd = torch.cat(dgds, dim=1) if self.dgd_gate else None
         # the main memory, one op call for the whole call (its operators built for all chunks at
         # once); self-generated targets M_mem,c'(v_t) are read inside the op at each chunk's start
         o, mem = self.memory.update(mem, q, k, v, eta, alpha, beta, dgd, self_target=self.self_target)

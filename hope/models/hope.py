@@ -54,7 +54,7 @@ class HopeConfig:
     hidden_norm: bool = True  # MLP memories: W1 step / max(1, ||sigma(W2 k)||^2) (docs/DEVIATIONS.md)
     mean_step: bool = True  # a chunk of the inner rule steps by eta x its mean gradient (docs/DEVIATIONS.md)
     momentum_norm: bool = True  # momentum as a running mean of the inner gradients (docs/DEVIATIONS.md)
-    recompute: bool = False  # memory ops keep chunk-start states only and recompute chunks in the backward
+    recompute: bool = False  # keep chunk-start states only (projection memories: ~every sqrt(N)-th); recompute
     anchor: bool = False  # linear memories: retention decays W - W0 (toward the meta-learned init), not W
     cms_periods: tuple[int | None, ...] = (None, 128, 64)  # slowest level first; None = static
     cms_hidden: int = 144  # SwiGLU width of every CMS level

@@ -9,7 +9,8 @@ import functools
 
 import torch
 from einops import rearrange
-from torch.utils.checkpoint import checkpoint
+
+from hope.ops.recompute import recompute_region
 
 
 @functools.cache
@@ -58,8 +59,9 @@ def run_segment(segment, state: tuple, start: tuple, inputs: list, L: int, *,
     state: the carried state (weights, momenta); start: the chunk-start weights when the segment
     resumes inside a chunk, else Nones (a resumed segment is one partial chunk); inputs: the
     segment's `[B, N*L, ...]` tensors. recompute (when autograd records): one chunk per
-    `torch.utils.checkpoint`, its operators included, so the backward keeps only each chunk's start
-    state and inputs and recomputes the rest. Returns (list of reads, next state, start weights).
+    `hope.ops.recompute.recompute_region` (a checkpoint), its operators included, so the backward
+    keeps only each chunk's start state and inputs and recomputes the rest. Returns (list of reads,
+    next state, start weights).
     """
     n = len(state)
     fn = functools.partial(segment, L=L, **kwargs)
@@ -68,8 +70,7 @@ def run_segment(segment, state: tuple, start: tuple, inputs: list, L: int, *,
         return [o], tuple(rest[:n]), tuple(rest[n:])
     outs, last = [], start
     for c0 in range(0, inputs[0].shape[1], L):
-        o, *rest = checkpoint(fn, *state, *start, *(x[:, c0:c0 + L] for x in inputs),
-                              use_reentrant=False)
+        o, *rest = recompute_region(fn, *state, *start, *(x[:, c0:c0 + L] for x in inputs))
         outs.append(o)
         state, last = tuple(rest[:n]), tuple(rest[n:])
     return outs, state, last

@@ -65,7 +65,7 @@ def chunk_linear_memory(
             the write's `eta` (a layer's `mean_step` divides only the write's rate; a rate above
             `alpha` gives the factor a negative eigenvalue along `k`, range (0, 2)); None: `eta`.
         recompute: save only each chunk's start state for the backward and recompute the chunk
-            there (`torch.utils.checkpoint`; see `chunk_mlp_memory`).
+            there (`hope.ops.recompute.recompute_region`; see `chunk_mlp_memory`).
         compile: run the per-chunk step under `torch.compile` (`hope.ops.chunking.compiled`); the
             results equal eager to float rounding (tests/ops/test_compile.py).
         self_target: the target of token t is the memory's own read of `v_t` at its chunk-start
