@@ -15,9 +15,10 @@ model, all measured in this process, it prints:
 * the overhead factor: measured step-time ratio / FLOP ratio (1.0: as fast as its arithmetic);
 * kernel calls per token: leaf `aten::` ops of one step in the torch profiler (views and
   allocations excluded), the CPU analogue of kernel launches;
-* peak memory of one step: the growth of `max_memory_allocated` over one step on CUDA; on CPU the
-  growth of the process's peak resident set over its first step, measured in a fresh subprocess per
-  model (`--no-memory` skips it).
+* peak memory of one step: the growth of `max_memory_allocated` over one step on CUDA; on CPU, in a
+  fresh subprocess per model (`--no-memory` skips it), over its first step: the growth of the
+  process's peak resident set, and the growth of the bytes malloc has handed out (`HeapSampler`,
+  glibc only), which leaves out the freed memory the heap keeps for reuse.
 
 `--compile` applies `train.compile` to every model (`hope.models.common.compile_model`: the memory
 ops' per-chunk steps for Titans and Hope, the whole model otherwise); the warm-up steps then include
@@ -116,10 +117,62 @@ def measure(archs: list[str], args, device: torch.device) -> list[dict]:
     return rows
 
 
-def cpu_peak_child(arch: str, args) -> float:
-    """Growth of peak RSS (GiB) over the first training step above the RSS before it (run in a
-    subprocess). The first step, because hope's allocator tuning keeps freed memory in the heap: a
-    second step reuses the first one's pages and would show no growth."""
+class HeapSampler:
+    """Peak of the bytes glibc's malloc has handed out and not taken back (`mallinfo2`: in-use
+    chunks of the main arena plus mmapped blocks), sampled every `period` seconds by a thread while
+    the `with` block runs. Unlike the resident set it does not count freed memory that the heap
+    keeps for reuse (hope's allocator tuning keeps up to 1 GiB, and fragmentation more), so it
+    measures what the step itself holds. Allocations of other threads' arenas are not seen (torch's
+    CPU ops allocate on the calling thread); peaks shorter than `period` can be missed.
+    `peak` is None off glibc."""
+
+    def __init__(self, period: float = 5e-4):
+        import ctypes
+        import threading
+
+        self.period, self.peak, self._stop = period, None, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+
+            class Info(ctypes.Structure):
+                _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                           "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+            libc.mallinfo2.restype = Info
+            self._info = libc.mallinfo2
+        except (OSError, AttributeError):
+            self._info = None
+
+    def in_use(self) -> int | None:
+        if self._info is None:
+            return None
+        info = self._info()
+        return info.uordblks + info.hblkhd
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.in_use())
+            time.sleep(self.period)
+
+    def __enter__(self):
+        if self._info is not None:
+            self.peak = self.in_use()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._info is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self.in_use())
+
+
+def cpu_peak_child(arch: str, args) -> dict:
+    """Memory of the first training step (run in a subprocess), in GiB: `peak_gib`, the growth of
+    peak RSS above the RSS before the step, and `heap_peak_gib`, the growth of the bytes malloc has
+    handed out (`HeapSampler`; NaN off glibc). The first step, because hope's allocator tuning keeps
+    freed memory in the heap: a second step reuses the first one's pages and would show no growth."""
     _, step, _, _ = setup(arch, args.size, torch.device("cpu"), args.batch_size, args.seq_len, args.recompute, args.compile)
     with open("/proc/self/statm") as f:
         rss_now = int(f.read().split()[1]) * resource.getpagesize()
@@ -130,13 +183,17 @@ def cpu_peak_child(arch: str, args) -> float:
             f.write("5")
     except OSError:
         pass
-    step()
+    sampler = HeapSampler()
+    heap_now = sampler.in_use()
+    with sampler:
+        step()
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    return (hwm - rss_now) / 2**30
+    heap = float("nan") if heap_now is None else (sampler.peak - heap_now) / 2**30
+    return {"peak_gib": (hwm - rss_now) / 2**30, "heap_peak_gib": heap}
 
 
-def cpu_peak(arch: str, args) -> float:
+def cpu_peak(arch: str, args) -> dict:
     cmd = [sys.executable, __file__, "--size", args.size, "--models", arch, "--memory-child"]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
@@ -146,7 +203,7 @@ def cpu_peak(arch: str, args) -> float:
         if getattr(args, flag):
             cmd += [f"--{flag}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_gib"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def check(arch: str, device: torch.device) -> float:
@@ -188,7 +245,7 @@ def main() -> None:
         count_compiled_kernels()
     archs = [a.strip() for a in args.models.split(",")]
     if args.memory_child:
-        print(json.dumps({"peak_gib": cpu_peak_child(archs[0], args)}))
+        print(json.dumps(cpu_peak_child(archs[0], args)))
         return
     device = torch.device(args.device)
     if args.check:
@@ -197,15 +254,19 @@ def main() -> None:
     rows = measure(archs, args, device)
     for row in rows:
         if device.type == "cpu":
-            row["peak_gib"] = float("nan") if args.no_memory else cpu_peak(row["arch"], args)
+            row.update({"peak_gib": float("nan"), "heap_peak_gib": float("nan")} if args.no_memory
+                       else cpu_peak(row["arch"], args))
         print(f"{row['arch']}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
     base = next((r for r in rows if r["arch"] == "transformer"), None)
+    cpu = device.type != "cuda"
     print(f"\n{args.size} recipes on {device} ({torch.get_num_threads()} threads), median of {args.steps} steps"
           f"{', recompute' if args.recompute else ''}{', compiled' if args.compile else ''}; peak memory: "
-          f"{'growth of max_memory_allocated over one step' if device.type == 'cuda' else 'growth of peak RSS over the first step'}")
+          + ("growth of peak RSS and of malloc's bytes in use (heap) over the first step" if cpu
+             else "growth of max_memory_allocated over one step"))
     print("| model | params | batch | tokens/s | step (s) | step / Transformer++ | MFLOP/token | FLOPs / "
-          "Transformer++ | overhead factor | kernels/token | peak GiB |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "Transformer++ | overhead factor | kernels/token | "
+          + ("peak RSS GiB | heap peak GiB |" if cpu else "peak GiB |"))
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if cpu else ""))
     for r in rows:
         ratio = r["step_s"] / base["step_s"] if base else float("nan")
         fratio = r["flops_per_token"] / base["flops_per_token"] if base else float("nan")
@@ -213,7 +274,7 @@ def main() -> None:
         print(f"| {r['arch']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['tokens_per_s']:,.0f} | "
               f"{r['step_s']:.3f} | {fmt(ratio, '.2f')} | {fmt(r['flops_per_token'] / 1e6, '.1f')} | "
               f"{fmt(fratio, '.2f')} | {fmt(over, '.2f')} | {fmt(r['kernels_per_token'], '.2f')} | "
-              f"{fmt(r['peak_gib'], '.2f')} |")
+              f"{fmt(r['peak_gib'], '.2f')} |" + (f" {fmt(r['heap_peak_gib'], '.2f')} |" if cpu else ""))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,23 @@ def test_flop_count_of_one_product():
     def f():
         (a @ b).sum().backward()
     assert counting.matmul_flops(f) == 2 * (2 * 3 * 5 * 7)  # a @ b, and the gradient of a
+
+
+def test_heap_sampler_sees_a_transient_allocation(monkeypatch):
+    """The CPU memory figure counts what a step holds: a 64 MiB tensor alive for 50 ms inside the
+    block shows in the sampled peak, and is gone from the bytes in use after it is freed."""
+    import time
+
+    import pytest
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    tp = load_benchmark("throughput")
+    sampler = tp.HeapSampler()
+    before = sampler.in_use()
+    if before is None:
+        pytest.skip("no glibc mallinfo2 here")
+    with sampler:
+        x = torch.ones(16 << 20)                            # 64 MiB, touched
+        time.sleep(0.05)
+        del x
+    assert sampler.peak - before >= (64 << 20)
+    assert sampler.in_use() - before < (16 << 20)
