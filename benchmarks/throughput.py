@@ -72,7 +72,7 @@ def setup(arch: str, size: str, device: torch.device, batch_size: int | None, se
 
     def step():
         opt.zero_grad(set_to_none=True)
-        forward_backward(called, x[:, :-1], x[:, 1:], None, B * T, autocast, raw_model=model)
+        forward_backward(called, x[:, :-1], x[:, 1:], None, B * T, autocast, raw_model=model, final_state=False)
         opt.step()
     return model, step, B, T
 

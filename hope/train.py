@@ -444,7 +444,7 @@ def _train(cfg: Config, out: Path, resume: bool, overwrite: bool, progress: bool
                 with outer:
                     loss, state = forward_backward(
                         model, x, y, start_state, tc.batch_size * tc.seq_len * tc.grad_accum, autocast,
-                        no_sync=no_sync, raw_model=raw_model, truncate=tc.tbptt)
+                        no_sync=no_sync, raw_model=raw_model, truncate=tc.tbptt, final_state=tc.stateful)
                 if tc.stateful:
                     streams[micro] = state
                 loss_sum += loss

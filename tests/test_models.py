@@ -166,6 +166,31 @@ def test_hope_training_step_with_recompute_equals_saving_everything(cms_meta):
         torch.testing.assert_close(out[1][2][n], g, rtol=1e-9, atol=1e-12, msg=n)
 
 
+@pytest.mark.parametrize("arch,kw", [("hope", {}), ("hope", {"cms_meta": True}), ("hope_attention", {}),
+                                     ("hope", {"truncate": True})])
+def test_training_step_without_the_final_state(monkeypatch, arch, kw):
+    """`final_state=False` (the caller drops the state after the batch) skips the last segment's CMS
+    step and its inner gradient: the same loss and parameter gradients, one `autograd.grad` fewer."""
+    import hope.models.common as common
+    truncate = kw.pop("truncate", False)
+    x = torch.randint(0, V, (2, 33), generator=torch.Generator().manual_seed(2))
+    calls, real = [], torch.autograd.grad
+    monkeypatch.setattr(common.torch.autograd, "grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = []
+    for final in (True, False):
+        calls.clear()
+        model = build(arch, **kw).train()
+        loss, state = common.forward_backward(model, x[:, :-1], x[:, 1:], None, 64, truncate=truncate,
+                                              final_state=final)
+        out.append((loss, state, {n: p.grad for n, p in model.named_parameters()}, len(calls)))
+    assert out[0][1] is not None and out[1][1] is None
+    assert out[1][0] == out[0][0]
+    if not truncate:
+        assert out[1][3] == out[0][3] - 1 > 0
+    for n, g in out[0][2].items():
+        torch.testing.assert_close(out[1][2][n], g, rtol=1e-12, atol=0, msg=n)
+
+
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_initialization_by_role(arch):
     """Every model draws its weights by role (hope.layers.init): Linear and Embedding weights

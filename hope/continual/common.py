@@ -249,7 +249,8 @@ def run_stages(run_dir: Path, cfg: Config, method: str, stages: list[Stage], eva
                 x, y = torch.cat([x, xr]), torch.cat([y, yr])
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss, _ = forward_backward(model, x, y, None, max(1, int((y != -100).sum())), autocast, truncate=tc.tbptt)
+            loss, _ = forward_backward(model, x, y, None, max(1, int((y != -100).sum())), autocast, truncate=tc.tbptt,
+                                       final_state=False)
             if ewc is not None and ewc.active:
                 ewc.penalty(model).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))

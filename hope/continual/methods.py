@@ -111,7 +111,7 @@ class EWC:
         for i in range(len(x)):
             model.zero_grad(set_to_none=True)
             yi = y[i:i + 1]
-            forward_backward(model, x[i:i + 1], yi, None, max(1, int((yi != -100).sum())), autocast)
+            forward_backward(model, x[i:i + 1], yi, None, max(1, int((yi != -100).sum())), autocast, final_state=False)
             for f, (_, p) in zip(stage, named):
                 if p.grad is not None:
                     f += p.grad.detach().float().pow(2) / len(x)

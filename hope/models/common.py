@@ -203,7 +203,8 @@ class CMSLanguageModel(nn.Module):
 
 
 def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: float, autocast=contextlib.nullcontext,
-                     no_sync=contextlib.nullcontext, raw_model=None, truncate: bool = False):
+                     no_sync=contextlib.nullcontext, raw_model=None, truncate: bool = False,
+                     final_state: bool = True):
     """One micro-step of training: forward, loss, backward (and the CMS steps of a learning CMS).
 
     Args:
@@ -217,9 +218,13 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
         raw_model: the unwrapped model (for `cms_segment`, `fast_weights`, `cms_step`).
         truncate: cut the mixers' graph at CMS segment boundaries (`train.tbptt`); False keeps the
             full gradient within the sequence (module docstring).
+        final_state: False when the caller discards the state after the batch (training without
+            `train.stateful`): the last segment's CMS step, which changes only that state, is skipped,
+            and with it that segment's inner gradient (a backward through the segment); the loss and
+            the parameters' gradients are the same.
     Returns:
         (summed loss over the scored tokens as a float, the state after the batch, detached; None for models
-        without in-context state to carry).
+        without in-context state to carry, and with `final_state=False`).
     """
     raw = raw_model if raw_model is not None else model
     seg = getattr(raw, "cms_segment", None)
@@ -228,12 +233,12 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
             logits, state = model(x, state)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
         (loss / loss_norm).backward()
-        return loss.item(), (detach_state(state) if state is not None else None)
+        return loss.item(), (detach_state(state) if state is not None and final_state else None)
     fresh = state is None
     if fresh:
         state = raw.init_state(x.shape[0])
     if raw.cms_meta or not truncate:
-        return _whole_sequence(model, raw, x, y, state, fresh, loss_norm, autocast, truncate)
+        return _whole_sequence(model, raw, x, y, state, fresh, loss_norm, autocast, truncate, final_state)
     total, T, a = 0.0, x.shape[1], 0
     while a < T:
         b = min(T, a + seg - state["pos"] % seg)
@@ -249,14 +254,15 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, state, loss_norm: 
                 logits, state = model(x[:, a:b], state)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y[:, a:b].flatten(), reduction="sum")
             (loss / loss_norm).backward()
-        grads = [None if w.grad is None else w.grad * loss_norm for w in leaves]
-        state = raw.cms_step(state, grads)
+        if b < T or final_state:
+            state = raw.cms_step(state, [None if w.grad is None else w.grad * loss_norm for w in leaves])
         total += loss.item()
         a = b
-    return total, state
+    return total, (state if final_state else None)
 
 
-def _whole_sequence(model, raw, x, y, state, fresh: bool, loss_norm: float, autocast, truncate: bool):
+def _whole_sequence(model, raw, x, y, state, fresh: bool, loss_norm: float, autocast, truncate: bool,
+                    final_state: bool = True):
     """`forward_backward` with one backward over the whole sequence: the full gradient (first-order
     CMS steps) or the meta-learned step (CMS steps in the graph)."""
     meta = raw.cms_meta
@@ -273,18 +279,19 @@ def _whole_sequence(model, raw, x, y, state, fresh: bool, loss_norm: float, auto
         with autocast(), kernels():
             logits, state = model(x[:, a:b], state)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y[:, a:b].flatten(), reduction="sum")
+        total = loss if total is None else total + loss
+        if b == T and not final_state:
+            break                 # the last segment's step would only change the state handed on
         scored = bool((y[:, a:b] != -100).any())
         grads = (torch.autograd.grad(loss, leaves, create_graph=meta, retain_graph=True, allow_unused=True)
                  if scored and leaves else [None] * len(leaves))
         if b < T:
-            # the last segment's step would only change the state handed on (stateful training)
             state = raw.cms_step(state, list(grads), graph=meta, mixers="detach" if truncate else "keep")
         else:
             state = raw.cms_step(state, list(grads))
-        total = loss if total is None else total + loss
         a = b
     (total / loss_norm).backward()
-    return total.item(), detach_state(state)
+    return total.item(), (detach_state(state) if final_state else None)
 
 
 def compile_model(model: nn.Module) -> nn.Module:
