@@ -21,6 +21,7 @@ from torch import nn
 from hope.ops import (LinearMemoryState, MLPMemoryState, chunk_linear_memory, chunk_mlp_memory,
                       naive_recurrent_linear_memory, naive_recurrent_mlp_memory)
 from hope.ops.checks import activation as _activation
+from hope.ops.checks import repeat_heads
 from hope.ops.recompute import recompute_region
 from hope.ops.rule import InnerRule
 
@@ -138,7 +139,7 @@ class MemoryBank(nn.Module):
         return out.flatten(2, 3)
 
     def update(self, state, q, k, v, eta, alpha, beta, dgd_eta=None, self_target: bool = False,
-               recompute: bool | None = None):
+               recompute: bool | None = None, shared: bool = False):
         """Run the inner rule (SPEC 3) from `state`; returns (reads, new state).
 
         q: [B, T, Hq, D] queries of the last Hq of the n*H stacked heads (Hq = 0: learn only);
@@ -149,7 +150,13 @@ class MemoryBank(nn.Module):
         `W - W0`) the targets are read with `read_start` one mini-batch at a time instead.
         recompute: overrides `rule.recompute` for this call (a caller that recomputes a group of
         chunks itself turns the op's own per-chunk recompute off).
+        shared: k, v, eta, alpha, beta, dgd_eta have H heads, the same for all `n` memories (which
+        then only learn: q has 0 heads); the MLP ops build their chunk operators once for them
+        (the ops' `groups`), otherwise they are repeated per memory here.
         """
+        if shared and self.n > 1 and (self.kind != "mlp" or self.rule.anchor):
+            k, v, eta, alpha, beta, dgd_eta = repeat_heads(self.n, k, v, eta, alpha, beta, dgd_eta)
+            shared = False
         if self_target and self.rule.anchor:
             outs = []
             for t0, t1 in chunk_ranges(k.shape[1], self.rule.chunk_size, state.pos):
@@ -164,6 +171,8 @@ class MemoryBank(nn.Module):
         extra = {"compile": self.compile} if self.impl == "chunk" else {}
         if self_target:
             extra["self_target"] = True
+        if shared and self.n > 1:
+            extra["groups"] = self.n
         if self.rule.anchor:                  # the op runs on W - W0: its l2 gradient needs v - W0 k
             W0 = self.W.flatten(0, 1).to(k.dtype)                               # [n*H, D, D]
             v = v - torch.einsum("hij,bthj->bthi", W0, k)

@@ -152,8 +152,9 @@ class SelfModifyingTitans(nn.Module):
                 "t": 0}
 
     def project(self, proj, xh, raw, t0, t1, conv, recompute: bool | None = None):
-        """k, v, q [B, L, H, D], eta, alpha [B, L, H], the projection memories' eta [B, L, P*H] and
-        the DGD gate's rate [B, L, H] (None without `rule.dgd_gate`) of one projection chunk `[t0, t1)`.
+        """k, v, q [B, L, H, D], eta, alpha [B, L, H], the projection memories' own eta [B, L, P*H]
+        (None when they learn with the token's eta, without `proj_eta_offset`) and the DGD gate's
+        rate [B, L, H] (None without `rule.dgd_gate`) of one projection chunk `[t0, t1)`.
 
         proj: state of the projection memories (read at its chunk start); xh: [B, L, H, D];
         raw: outputs of the static projections over the whole call; conv: caches, updated in place;
@@ -172,7 +173,7 @@ class SelfModifyingTitans(nn.Module):
         pre = (rd[:, :, idx["eta"]] * self.w_eta).sum(-1) + self.b_eta
         eta = self.rule.eta_max * torch.sigmoid(pre)
         if self.b_eta_proj is None:
-            eta_proj = eta.repeat(1, 1, P)
+            eta_proj = None                                             # the token's eta, shared
         else:                                                           # memory-major, as stacked
             eta_proj = self.rule.eta_max * torch.sigmoid(pre.unsqueeze(2) + self.b_eta_proj.view(P, H)).flatten(2)
         if self.rule.retention:
@@ -192,13 +193,19 @@ class SelfModifyingTitans(nn.Module):
         outs = []
         for t0, t1 in ranges:
             k, v, q, eta, alpha, eta_proj, dgd = self.project(proj, xh[:, t0:t1], raw, t0, t1, conv, recompute)
-            kP = k.repeat(1, 1, P, 1)                                   # every memory learns on k
             # no queries (zero heads): the projection memories only learn, nothing is read; their
-            # targets M_box,c(v_t) are read inside the op (self_target), every memory reading v
-            _, proj = self.proj.update(proj, kP[:, :, :0], kP, v.repeat(1, 1, P, 1), eta_proj,
-                                       alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
-                                       None if dgd is None else dgd.repeat(1, 1, P), self_target=True,
-                                       recompute=recompute)
+            # targets M_box,c(v_t) are read inside the op (self_target), every memory reading v.
+            # All learn on k and v with the token's gates: one set of inputs for the P memories
+            # (`shared`), unless each has its own eta offset
+            if eta_proj is None:
+                _, proj = self.proj.update(proj, k[:, :, :0], k, v, eta, alpha, beta[:, t0:t1], dgd,
+                                           self_target=True, recompute=recompute, shared=True)
+            else:
+                kP = k.repeat(1, 1, P, 1)
+                _, proj = self.proj.update(proj, kP[:, :, :0], kP, v.repeat(1, 1, P, 1), eta_proj,
+                                           alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
+                                           None if dgd is None else dgd.repeat(1, 1, P), self_target=True,
+                                           recompute=recompute)
             outs.append((k, v, q, eta, alpha, dgd))
         return outs, proj, conv
 

@@ -58,6 +58,25 @@ def operator_queries(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q if q.shape[2] == H else torch.cat([k[:, :, :read_heads(q, H).start], q], dim=2)
 
 
+def check_groups(groups, q: torch.Tensor) -> int:
+    """Validate the ops' `groups` (memories sharing one set of input heads): an int >= 1, and > 1
+    only for an op that reads nothing (`q` with 0 heads)."""
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if groups > 1 and q.shape[2]:
+        raise ValueError(f"groups > 1 (memories sharing their inputs) needs q with 0 heads, got {q.shape[2]}")
+    return groups
+
+
+def repeat_heads(groups: int, *xs, dim: int = 2):
+    """Each tensor repeated `groups` times along its head axis `dim` (memory-major: head `g * H + h`
+    is input head h), None kept; the inputs themselves when groups == 1."""
+    if groups == 1:
+        return xs
+    return tuple(None if x is None else x.repeat(*([1] * dim), groups, *([1] * (x.dim() - dim - 1))) for x in xs)
+
+
 DGD_LAYERS = ("key", "hidden")
 
 

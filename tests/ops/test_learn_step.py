@@ -104,3 +104,40 @@ def test_the_op_takes_the_learn_step_for_learn_only_calls(monkeypatch):
     for a, b in zip(outs[True][0][:6] + outs[True][1], outs[False][0][:6] + outs[False][1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert outs[True][0].pos == outs[False][0].pos == T % C
+
+
+@pytest.mark.parametrize("impl", ["chunk", "naive"])
+@pytest.mark.parametrize("learn_step", [True, False])
+def test_memories_sharing_their_inputs(monkeypatch, impl, learn_step):
+    """`groups=G`: G memories stacked on the heads learn from one set of inputs (the chunk op builds
+    the operators once for them): equal to the inputs repeated G times, gradients included; also
+    on the path without the learn step, where the op repeats them itself."""
+    from hope.ops import MLPMemoryState, chunk_mlp_memory, naive_recurrent_mlp_memory
+
+    monkeypatch.setattr(chunk_op, "LEARN_STEP", learn_step)
+    op = chunk_mlp_memory if impl == "chunk" else naive_recurrent_mlp_memory
+    G, T, C, dt = 3, 21, 8, torch.float64
+    g = torch.Generator().manual_seed(4)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g, dtype=dt), dim=-1).requires_grad_()
+    v = torch.randn(B, T, H, D, generator=g, dtype=dt).requires_grad_()
+    eta = (0.3 * torch.rand(B, T, H, generator=g, dtype=dt) + 0.01).requires_grad_()
+    alpha = (0.3 * torch.rand(B, T, H, generator=g, dtype=dt) + 0.69).requires_grad_()
+    beta = (0.8 * torch.rand(B, T, H, generator=g, dtype=dt)).requires_grad_()
+    W1 = (0.3 * torch.randn(G * H, D, 2 * D, generator=g, dtype=dt)).requires_grad_()
+    W2 = (0.3 * torch.randn(G * H, 2 * D, D, generator=g, dtype=dt)).requires_grad_()
+    inputs = (k, v, eta, alpha, beta, W1, W2)
+    kw = dict(chunk_size=C, self_target=True, hidden_norm=True, momentum_norm=True)
+    outs = []
+    for groups in (G, 1):
+        xs = (k, v, eta, alpha, beta)
+        if groups == 1:
+            xs = tuple(x.repeat(1, 1, G, *([1] * (x.dim() - 3))) for x in xs)
+        _, st = op(k[:, :, :0], *xs, MLPMemoryState(W1, W2), True, groups=groups, **kw)
+        loss = sum((t * torch.linspace(-1, 1, t.numel(), dtype=dt).view(t.shape)).sum()
+                   for t in (st.W1, st.W2, st.S1, st.S2))
+        outs.append((st, torch.autograd.grad(loss, inputs)))
+    for a, b in zip(outs[0][0][:4] + outs[0][1], outs[1][0][:4] + outs[1][1]):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="groups"):
+        op(k[:, :, :1], k, v, eta, alpha, beta, MLPMemoryState(W1, W2), True, groups=G, **kw)

@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import (DGD_LAYERS, activation, check_inputs, dgd_rate, hidden_scale, operator_queries,
-                             read_heads, unit_code)
+from hope.ops.checks import (DGD_LAYERS, activation, check_groups, check_inputs, dgd_rate, hidden_scale,
+                             operator_queries, read_heads, repeat_heads, unit_code)
 from hope.ops.chunking import from_chunks, run_segment, run_step, split_segments, to_chunks
 from hope.ops.mlp_memory.learn_step import learn_chunk
 from hope.ops.operators import (ChunkDecays, chunk_decays, keyed_operators, keyed_step, loop_operators,
@@ -48,6 +48,7 @@ def chunk_mlp_memory(
     recompute: bool = False,
     compile: bool = False,
     self_target: bool = False,
+    groups: int = 1,
 ):
     """Chunk-parallel inner rule on a residual two-layer MLP memory; same contract as naive.
 
@@ -95,6 +96,11 @@ def chunk_mlp_memory(
             4.2), formed inside the chunk step: `[k; v]` go through W2_0 in one product and the
             l2 error is `(k - v) + (sigma(W2_0 k) - sigma(W2_0 v)) W1_0^T`, one product through
             W1_0 instead of a separate read (the outer gradient reaches W1_0, W2_0 through it).
+        groups: the state holds `groups` memories stacked on the head axis (memory-major, `groups *
+            H` heads) that all learn from the same k, v, eta, alpha, beta, dgd_eta of H heads (Hope's
+            projection memories); only with no read heads (Hq = 0). The chunk operators are then
+            built once for the H heads instead of once per memory; equal to repeating the inputs
+            `groups` times on the head axis.
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)` of the last Hq heads.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
@@ -109,8 +115,15 @@ def chunk_mlp_memory(
     C = int(chunk_size)
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
     sd = state_dtype(st, q)                                              # state dtype
+    groups = check_groups(groups, q)
+    if groups > 1 and not (LEARN_STEP and self_target and objective == "l2" and dgd_layer == "key" and not pos
+                           and not compile and sd == k.dtype and not torch.is_autocast_enabled(k.device.type)):
+        # shared operators only on the learn step's path: elsewhere the inputs are repeated per memory
+        k, v, eta, alpha, beta, dgd_eta = repeat_heads(groups, k, v, eta, alpha, beta, dgd_eta)
+        H, groups = groups * H, 1
+    H = groups * H                                                       # heads of the state
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
-    r, q_ops = read_heads(q, H), operator_queries(q, k)
+    r, q_ops = read_heads(q, H), (k if groups > 1 else operator_queries(q, k))
     W1, S1 = (expand_state(x, (B, H, D, E), q, sd) for x in (st.W1, st.S1))
     W2, S2 = (expand_state(x, (B, H, E, D), q, sd) for x in (st.W2, st.S2))
     W1_0 = W2_0 = None
@@ -119,7 +132,7 @@ def chunk_mlp_memory(
         W2_0 = expand_state(st.W2_chunk, (B, H, E, D), q, sd)
     seg_kw = dict(dgd=dgd, hidden_dgd=dgd and dgd_layer == "hidden", momentum_norm=momentum_norm,
                   compile=compile, r=r, sigma=sigma, dsigma=dsigma, objective=objective,
-                  hidden_norm=hidden_norm, self_target=self_target, act=act)
+                  hidden_norm=hidden_norm, self_target=self_target, act=act, groups=groups)
     outs = []
     for t0, t1, L, resumed in split_segments(T, C, pos):
         seg, (W1, W2, S1, S2), (W1_0, W2_0) = run_segment(
@@ -135,10 +148,11 @@ def chunk_mlp_memory(
 
 
 def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, dgd_eta, *, L, full, dgd,
-                 hidden_dgd, momentum_norm, compile, act, **step_kw):
+                 hidden_dgd, momentum_norm, compile, act, groups, **step_kw):
     """Chunks of L tokens `[B, N*L, ...]` from state (W1, W2, S1, S2): the operators of all of them
     at once (state-independent), then the chunk loop. W1_0, W2_0: chunk-start weights when the
-    segment resumes inside a chunk, else None; full: L is the chunk size (else a tail chunk).
+    segment resumes inside a chunk, else None; full: L is the chunk size (else a tail chunk);
+    groups: memories of the state sharing the inputs' heads (learn step only, see `chunk_mlp_memory`).
     Returns (reads [B, N*L, Hq, D], W1, W2, S1, S2, the last chunk's start weights W1_0, W2_0)."""
     qc, kc, vc, qoc = (to_chunks(x, L) for x in (q, k, v, q_ops))           # [B, H, N, L, D]
     etac, alphac, betac, dgdc = (to_chunks(x, L) for x in (eta, alpha, beta, dgd_eta))
@@ -157,6 +171,8 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
     learn_only = (LEARN_STEP and qc.shape[1] == 0 and step_kw["self_target"] and step_kw["objective"] == "l2"
                   and not resumed and not hidden_dgd and not torch.is_autocast_enabled(kc.device.type)
                   and all(x is not None and x.dtype == kc.dtype for x in (W1, W2, S1, S2, vc)))
+    if groups > 1 and not learn_only:
+        raise RuntimeError("chunk_mlp_memory: inputs shared by memories (groups > 1) need the learn step")
     for n, (lop, k_n, q_n, v_n, grad_weight_n) in enumerate(zip(
             loop_operators(ops, u_column=True).chunks(), kc.unbind(2), qc.unbind(2), vc.unbind(2),
             [None] * N if grad_weight is None else grad_weight.unbind(2))):
@@ -170,8 +186,9 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
             # no read heads, self-generated targets, a chunk from its start: the state update with
             # its backward written out (`learn_step.py`), the same function as `_mlp_chunk`
             W1_0, W2_0 = W1, W2                                         # this chunk's start
-            W1, W2, S1, S2 = learn_chunk(W1, W2, S1, S2, k_n, v_n, lop.op[..., L:, :], lop.gamma_C,
-                                         lop.m_C, lop.P_C, lop.e_last, lop.d_last, act, hidden_norm)
+            per_head = repeat_heads(groups, k_n, v_n, lop.op[..., L:, :], lop.gamma_C, lop.m_C, lop.P_C,
+                                    lop.e_last, lop.d_last, dim=1)
+            W1, W2, S1, S2 = learn_chunk(W1, W2, S1, S2, *per_head, act, hidden_norm)
             seg.append(q_n)
             continue
         # compiled: the fast path only (full chunks from a chunk boundary); a resumed or tail

@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from hope.ops.checks import DGD_LAYERS, activation, check_inputs, dgd_rate, hidden_scale, read_heads, unit_code
+from hope.ops.checks import (DGD_LAYERS, activation, check_groups, check_inputs, dgd_rate, hidden_scale, read_heads,
+                             repeat_heads, unit_code)
 from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype
 
 
@@ -34,6 +35,7 @@ def naive_recurrent_mlp_memory(
     momentum_norm: bool = False,
     dgd_eta: Optional[torch.Tensor] = None,
     self_target: bool = False,
+    groups: int = 1,
 ):
     """Run the inner rule token by token on a residual two-layer MLP memory.
 
@@ -77,11 +79,15 @@ def naive_recurrent_mlp_memory(
         self_target: the target of token t is the memory's own read of `v_t` at the start of its
             mini-batch, `M_c(v_t) = v_t + W1_0 sigma(W2_0 v_t)` (Hope's self-generated targets,
             SPEC 4.2); the outer gradient reaches the chunk-start weights through it.
+        groups: `groups` memories stacked on the state's head axis (memory-major) learn from the same
+            inputs of H heads: the inputs repeated `groups` times on the head axis (no read heads).
     Returns:
         o: [B, T, Hq, D] reads `o_t = q_t + W1_t sigma(W2_t q_t)`.
         final_state: MLPMemoryState(W1, W2, S1, S2, W1_chunk, W2_chunk, pos) with full batch
             shapes (the *_chunk are None when the call ends on a chunk boundary), or None.
     """
+    groups = check_groups(groups, q)
+    k, v, eta, alpha, beta, dgd_eta = repeat_heads(groups, k, v, eta, alpha, beta, dgd_eta)
     B, T, H, D = check_inputs(q, k, v, eta, alpha, beta, chunk_size, objective)
     dgd_eta = dgd_rate(dgd_eta, eta)
     if dgd_layer not in DGD_LAYERS:
