@@ -21,7 +21,9 @@ backpropagates into them, and through them into v_t and the chunk-start weights.
 update with the token's eta_t, alpha_t, beta_t (our reading, docs/DEVIATIONS.md).
 
 The projection memories are stacked on the head axis (one op call per projection chunk for all of
-them); the main memory runs one op call for the whole call. The self-generated targets are formed
+them, which share one set of inputs: the op builds their chunk operators once, `shared=True`);
+the main memory runs one op call for the whole call. Under `rule.recompute` the projection loop
+is recomputed in the backward by groups of about sqrt(N) of its N chunks. The self-generated targets are formed
 inside the ops (`self_target=True`: the read of v at the chunk-start weights shares its products
 with the keys' gradient); the loops run over chunks, never over tokens. (An
 earlier path also stacked the main memory with them when C_proj == C_mem: it read the main memory
