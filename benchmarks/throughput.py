@@ -119,19 +119,18 @@ def measure(archs: list[str], args, device: torch.device) -> list[dict]:
 
 class HeapSampler:
     """Peak of the bytes glibc's malloc has handed out and not taken back (`mallinfo2`: in-use
-    chunks of the main arena plus mmapped blocks), sampled every `period` seconds by a thread while
-    the `with` block runs. Unlike the resident set it does not count freed memory that the heap
-    keeps for reuse (hope's allocator tuning keeps up to 1 GiB, and fragmentation more), so it
-    measures what the step itself holds. Allocations of other threads' arenas are not seen (torch's
-    CPU ops allocate on the calling thread); peaks shorter than `period` can be missed.
-    `peak` is None off glibc."""
+    chunks of all arenas plus mmapped blocks), sampled every `period` seconds by a thread while the
+    `with` block runs. Unlike the resident set it does not count freed memory that the heap keeps
+    for reuse (hope's allocator tuning keeps up to 1 GiB, and fragmentation more), so it measures
+    what the step itself holds. Peaks shorter than `period` can be missed, and each sample locks
+    the arenas, which slows the sampled code a little (use it for memory, not time). `peak` is
+    None off glibc."""
 
     def __init__(self, period: float = 5e-4):
         import ctypes
         import threading
 
-        self.period, self.peak, self._stop = period, None, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.period, self.peak, self._threading = period, None, threading
         try:
             libc = ctypes.CDLL("libc.so.6")
 
@@ -158,6 +157,8 @@ class HeapSampler:
     def __enter__(self):
         if self._info is not None:
             self.peak = self.in_use()
+            self._stop = self._threading.Event()
+            self._thread = self._threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
 

@@ -10,12 +10,16 @@ held to the end of the forward (measured with `benchmarks/throughput.py`'s heap 
 backward pass drops what it recomputed when it ends (an autograd engine callback).
 
 The region must be deterministic (no dropout: no RNG state is replayed) and run the same code in
-the recomputation; autocast is restored as it was. Regions may nest.
+the recomputation (checked: the number, shapes and dtypes of the tensors it saves); autocast is
+restored as it was. Its inputs must not change in place afterwards (checked). Regions may nest,
+but an inner region's inputs are then kept until the graph is freed; a region cannot take
+gradients itself (`torch.autograd.grad` inside it).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 _DEVICES = ("cpu", "cuda")
 
@@ -25,15 +29,17 @@ class _Region:
 
     def __init__(self, fn, args):
         self.fn, self.args = fn, args
-        self.count = 0                       # tensors saved by the forward, in order
+        # the inputs' versions: an input changed in place after the forward would recompute
+        # something else (torch's checkpoint refuses it too)
+        self.versions = [(t, t._version) for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
+        self.saved = []                      # (shape, dtype, device) of each tensor the forward saved
         self.recomputed = {}                 # graph task id -> {index: tensor}
         self.autocast = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in _DEVICES
                          if d == "cpu" or torch.cuda.is_available()}
 
     def pack(self, x):
-        i = self.count
-        self.count += 1
-        return i
+        self.saved.append((x.shape, x.dtype, x.device))
+        return len(self.saved) - 1
 
     def unpack(self, i):
         gid = torch._C._current_graph_task_id()
@@ -43,9 +49,17 @@ class _Region:
             self.recomputed[gid] = self._run()
             # drop what this backward pass did not use when it ends
             torch.autograd.Variable._execution_engine.queue_callback(lambda: self.recomputed.pop(gid, None))
-        return self.recomputed[gid].pop(i)
+        try:
+            return self.recomputed[gid].pop(i)
+        except KeyError:
+            raise RuntimeError("recompute: a saved tensor of the region was read twice in one backward "
+                               "pass") from None
 
     def _run(self) -> dict:
+        for t, version in self.versions:
+            if t._version != version:
+                raise RuntimeError("recompute: an input of the region was modified in place after the "
+                                   "forward; the backward would recompute from the changed value")
         out = {}
 
         def pack(x):
@@ -61,9 +75,10 @@ class _Region:
             finally:
                 for c in reversed(contexts):
                     c.__exit__(None, None, None)
-        if len(out) != self.count:
-            raise RuntimeError(f"recompute: the region saved {len(out)} tensors when recomputed, "
-                               f"{self.count} in the forward (it must run the same code both times)")
+        if [(x.shape, x.dtype, x.device) for x in out.values()] != self.saved:
+            raise RuntimeError(f"recompute: the region saved {len(out)} tensors when recomputed and "
+                               f"{len(self.saved)} in the forward, or others of other shapes or types "
+                               "(it must run the same code both times)")
         return out
 
 

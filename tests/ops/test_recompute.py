@@ -84,3 +84,12 @@ def test_a_region_that_changes_between_forward_and_backward_is_refused():
     y = rc.recompute_region(fn, x + leaf)
     with pytest.raises(RuntimeError, match="must run the same code"):
         y.sum().backward()
+
+
+def test_an_input_changed_in_place_is_refused():
+    w, a, leaf, x = case()
+    h = x + leaf
+    y = rc.recompute_region(f(w), h, a)
+    h.mul_(10)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()

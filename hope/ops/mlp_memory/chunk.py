@@ -117,7 +117,8 @@ def chunk_mlp_memory(
     sd = state_dtype(st, q)                                              # state dtype
     groups = check_groups(groups, q)
     if groups > 1 and not (LEARN_STEP and self_target and objective == "l2" and dgd_layer == "key" and not pos
-                           and not compile and sd == k.dtype and not torch.is_autocast_enabled(k.device.type)):
+                           and not compile and sd == k.dtype == v.dtype
+                           and not torch.is_autocast_enabled(k.device.type)):
         # shared operators only on the learn step's path: elsewhere the inputs are repeated per memory
         k, v, eta, alpha, beta, dgd_eta = repeat_heads(groups, k, v, eta, alpha, beta, dgd_eta)
         H, groups = groups * H, 1

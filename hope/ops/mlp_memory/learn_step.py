@@ -119,6 +119,7 @@ class _LearnChunk(torch.autograd.Function):
         S1n = _acc(_scaled(S1, P), -d * errn, z)
         ctx.save_for_backward(W1, W2, S1, S2, k, v, op, gamma, m, P, e, d, hkv, KS, err, a)
         ctx.act, ctx.hidden_norm = act, hidden_norm
+        ctx.set_materialize_grads(False)     # an unused chunk-end state gets None, not zeros
         return W1n, W2n, S1n, S2n
 
     @staticmethod
@@ -142,7 +143,8 @@ class _LearnChunk(torch.autograd.Function):
             a = err @ W1
         delta = a * dh_act
         if ctx.hidden_norm:
-            s = hidden_scale(z).unsqueeze(-1)
+            sq = z.square().sum(-1, keepdim=True)
+            s = sq.clamp(min=1.0)                                            # hidden_scale(z)
             errn = err / s
         else:
             errn = err
@@ -204,7 +206,7 @@ class _LearnChunk(torch.autograd.Function):
         elif ctx.hidden_norm:
             derr = derrn / s
             ds = -(derrn * err).sum(-1, keepdim=True) / (s * s)
-            dz = dz + (ds * (s > 1).to(ds.dtype)) * (2.0 * z)
+            dz = dz + (ds * (sq >= 1).to(ds.dtype)) * (2.0 * z)         # clamp passes at >= 1
         else:
             derr = derrn
         # delta = (err W1) * sigma'(h)
