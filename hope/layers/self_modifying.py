@@ -44,6 +44,7 @@ from torch import nn
 from hope.layers.conv import CausalConv1d
 from hope.layers.init import residual_output
 from hope.layers.memory import MemoryBank, chunk_ranges
+from hope.ops.checks import repeat_heads
 from hope.ops.recompute import recompute_region
 from hope.ops.rule import InnerRule
 
@@ -203,11 +204,9 @@ class SelfModifyingTitans(nn.Module):
                 _, proj = self.proj.update(proj, k[:, :, :0], k, v, eta, alpha, beta[:, t0:t1], dgd,
                                            self_target=True, recompute=recompute, shared=True)
             else:
-                kP = k.repeat(1, 1, P, 1)
-                _, proj = self.proj.update(proj, kP[:, :, :0], kP, v.repeat(1, 1, P, 1), eta_proj,
-                                           alpha.repeat(1, 1, P), beta[:, t0:t1].repeat(1, 1, P),
-                                           None if dgd is None else dgd.repeat(1, 1, P), self_target=True,
-                                           recompute=recompute)
+                kP, vP, alphaP, betaP, dgdP = repeat_heads(P, k, v, alpha, beta[:, t0:t1], dgd)
+                _, proj = self.proj.update(proj, kP[:, :, :0], kP, vP, eta_proj, alphaP, betaP, dgdP,
+                                           self_target=True, recompute=recompute)
             outs.append((k, v, q, eta, alpha, dgd))
         return outs, proj, conv
 

@@ -55,7 +55,9 @@ def operator_queries(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Queries for every head, `[B, T, H, D]`, to build the chunk operators with: `q` on the read
     heads, `k` on the unread ones (their read rows are built, cheap at C x C, and never used)."""
     H = k.shape[2]
-    return q if q.shape[2] == H else torch.cat([k[:, :, :read_heads(q, H).start], q], dim=2)
+    if q.shape[2] in (0, H):                # nothing read (every head's queries are k), or all read
+        return k if q.shape[2] == 0 else q
+    return torch.cat([k[:, :, :read_heads(q, H).start], q], dim=2)
 
 
 def check_groups(groups, q: torch.Tensor) -> int:

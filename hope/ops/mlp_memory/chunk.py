@@ -27,6 +27,15 @@ from hope.ops.state import MLPMemoryState, check_pos, expand_state, state_dtype,
 LEARN_STEP = True
 
 
+def _learn_step_fits(self_target: bool, objective: str, hidden_dgd: bool, ref: torch.Tensor, *tensors) -> bool:
+    """Whether a chunk of an op that reads nothing can take the learn step: self-generated l2 targets,
+    W2 the keyed layer, no autocast, and every tensor in `ref`'s dtype (the written-out backward
+    assumes one dtype)."""
+    return (LEARN_STEP and self_target and objective == "l2" and not hidden_dgd
+            and not torch.is_autocast_enabled(ref.device.type)
+            and all(t is not None and t.dtype == ref.dtype for t in tensors))
+
+
 def chunk_mlp_memory(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -116,15 +125,14 @@ def chunk_mlp_memory(
     pos = check_pos(st.pos, C, st.W1_chunk is not None and st.W2_chunk is not None)
     sd = state_dtype(st, q)                                              # state dtype
     groups = check_groups(groups, q)
-    if groups > 1 and not (LEARN_STEP and self_target and objective == "l2" and dgd_layer == "key" and not pos
-                           and not compile and sd == k.dtype == v.dtype
-                           and not torch.is_autocast_enabled(k.device.type)):
+    if groups > 1 and (pos or compile or sd != k.dtype
+                       or not _learn_step_fits(self_target, objective, dgd and dgd_layer == "hidden", k, v)):
         # shared operators only on the learn step's path: elsewhere the inputs are repeated per memory
         k, v, eta, alpha, beta, dgd_eta = repeat_heads(groups, k, v, eta, alpha, beta, dgd_eta)
         H, groups = groups * H, 1
     H = groups * H                                                       # heads of the state
     E = st.W2.shape[-2] if st.W2 is not None else expansion * D
-    r, q_ops = read_heads(q, H), (k if groups > 1 else operator_queries(q, k))
+    r, q_ops = read_heads(q, H), operator_queries(q, k)
     W1, S1 = (expand_state(x, (B, H, D, E), q, sd) for x in (st.W1, st.S1))
     W2, S2 = (expand_state(x, (B, H, E, D), q, sd) for x in (st.W2, st.S2))
     W1_0 = W2_0 = None
@@ -166,12 +174,11 @@ def _mlp_segment(W1, W2, S1, S2, W1_0, W2_0, q, k, v, q_ops, eta, alpha, beta, d
     resumed = W1_0 is not None                      # (a resumed segment is one partial chunk)
     seg = []
     N = kc.shape[2]
-    # the learn-only fast path: nothing read, self-generated l2 targets, W2 the keyed layer, every
-    # tensor in the state's dtype and no autocast (the written-out backward assumes one dtype)
+    # the learn-only fast path: nothing read, a chunk from its start (`_learn_step_fits`)
     hidden_norm = step_kw["hidden_norm"]
-    learn_only = (LEARN_STEP and qc.shape[1] == 0 and step_kw["self_target"] and step_kw["objective"] == "l2"
-                  and not resumed and not hidden_dgd and not torch.is_autocast_enabled(kc.device.type)
-                  and all(x is not None and x.dtype == kc.dtype for x in (W1, W2, S1, S2, vc)))
+    learn_only = (qc.shape[1] == 0 and not resumed
+                  and _learn_step_fits(step_kw["self_target"], step_kw["objective"], hidden_dgd, kc,
+                                       W1, W2, S1, S2, vc))
     if groups > 1 and not learn_only:
         raise RuntimeError("chunk_mlp_memory: inputs shared by memories (groups > 1) need the learn step")
     for n, (lop, k_n, q_n, v_n, grad_weight_n) in enumerate(zip(

@@ -38,7 +38,8 @@ import math
 
 import torch
 
-from hope.ops.checks import hidden_scale
+from hope.ops.checks import activation, hidden_scale
+from hope.ops.state import _dot
 
 
 def _d2gelu(h, _):
@@ -57,20 +58,6 @@ _SECOND = {"gelu": _d2gelu, "silu": _d2silu}
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """[B, H, m, n] -> [B*H, m, n] (a copy only for an expanded, e.g. meta-learned, state)."""
     return x.reshape(-1, *x.shape[-2:])
-
-
-def _dots(g: torch.Tensor, xs) -> list:
-    """`sum_ij g[b, h, i, j] x[b, h, i, j]` -> [B, H] for each x (None for None)."""
-    B, H = g.shape[:2]
-    out = []
-    for x in xs:
-        if x is None:
-            out.append(None)
-        elif g.is_contiguous() and x.is_contiguous():
-            out.append(torch.bmm(g.view(B * H, 1, -1), x.view(B * H, -1, 1)).view(B, H))
-        else:
-            out.append((g * x).sum((-1, -2)))
-    return out
 
 
 def _scaled(x, a, y=None, b=None):
@@ -98,8 +85,6 @@ def _acc(out, left_t, right):
 class _LearnChunk(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W1, W2, S1, S2, k, v, op, gamma, m, P, e, d, act, hidden_norm):
-        from hope.ops.checks import activation
-
         sigma, dsigma = activation(act)
         L = k.shape[-2]
         hkv = torch.cat([k, v], dim=-2) @ W2.transpose(-1, -2)             # [B, H, 2L, E]
@@ -124,8 +109,6 @@ class _LearnChunk(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, G1, G2, H1, H2):
-        from hope.ops.checks import activation
-
         W1, W2, S1, S2, k, v, op, gamma, m, P, e, d, hkv, KS, err, a = ctx.saved_tensors
         sigma, dsigma = activation(ctx.act)
         L = k.shape[-2]
@@ -157,23 +140,22 @@ class _LearnChunk(torch.autograd.Function):
             dgamma, dm, dP = zero, zero, zero
             for Gw, W, S in ((G1, W1, S1), (G2, W2, S2)):
                 if Gw is not None:
-                    gw, gs = _dots(Gw, (W, S))
-                    dgamma, dm = dgamma + gw, dm + gs
+                    dgamma, dm = dgamma + _dot(Gw, W), dm + _dot(Gw, S)
             for Hs, S in ((H1, S1), (H2, S2)):
                 if Hs is not None:
-                    dP = dP + _dots(Hs, (S,))[0]
+                    dP = dP + _dot(Hs, S)
 
         # the rank-L writes: W2' += Z^T k, S2' += (-d delta)^T k, W1' += (-e errn)^T z, S1' += (-d errn)^T z
-        dk = torch.zeros_like(k)
+        dk_rank = []                         # dk's terms from the rank-L writes
         dZ = ddelta = derrn = dz = None
         de = dd = None
         cols = torch.cat([h, KS, delta], dim=-2)                             # [B, H, 3L, E]
         if G2 is not None:
             dZ = k @ G2.transpose(-1, -2)                                    # [B, H, L, E]
-            dk = dk + (op @ cols) @ G2
+            dk_rank.append((op @ cols) @ G2)
         if H2 is not None:
             dU2 = k @ H2.transpose(-1, -2)
-            dk = dk + (-d * delta) @ H2
+            dk_rank.append((-d * delta) @ H2)
             ddelta = -d * dU2
             dd = -(delta * dU2).sum(-1, keepdim=True)
         if G1 is not None:
@@ -217,14 +199,13 @@ class _LearnChunk(torch.autograd.Function):
             derr = derr + da @ W1.transpose(-1, -2)
         # err = (k - v) + zd W1^T
         gz = derr @ W1                                                       # [B, H, L, E]
-        dk = dk + derr
         dv = -derr
         dh = dh + (dz + gz) * dh_act
         dhv = -gz * dsigma(hv)
         # h, hv = [k; v] W2^T
         dhkv = torch.cat([dh, dhv], dim=-2)
         dkv = dhkv @ W2
-        dk = dk + dkv[..., :L, :]
+        dk = sum(dk_rank, derr + dkv[..., :L, :])
         dv = dv + dkv[..., L:, :]
         if dKS is not None:
             dk = dk + dKS @ S2
